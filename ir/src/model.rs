@@ -1,0 +1,1 @@
+//! Model files (JSON): sequential and graph forms, lowered to a forward graph.
