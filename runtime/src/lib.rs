@@ -1,1 +1,24 @@
-//! placeholder
+//! kiln's thin runtime: data loading, batching and the training loop.
+//!
+//! - [`idx`]: read and write MNIST-format IDX files, raw or gzip-compressed.
+//! - [`dataset`]: in-memory datasets, loaded from a directory or from the bundled MNIST subset.
+//! - [`batch`]: shuffled, reproducible mini-batches.
+//! - [`train`]: the backend-agnostic training loop ([`fit`]) and the [`StepBackend`] trait.
+//!
+//! This crate depends on no other kiln crate: backends implement [`StepBackend`].
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod dataset;
+pub mod error;
+pub mod idx;
+pub mod train;
+
+pub use batch::{Batch, BatchError, Batcher};
+pub use dataset::{bundled, load_dir, DataSplit, Dataset};
+pub use error::DataError;
+pub use idx::{read_idx, write_idx_gz, IdxArray};
+pub use train::{
+    fit, BackendError, EarlyStopping, EvalOutput, StepBackend, TrainConfig, TrainError, TrainEvent,
+    TrainReport,
+};
