@@ -252,7 +252,9 @@ impl<'a> Cursor<'a> {
 /// Graphviz DOT output: one box per node (name, op, attributes, shape), edges labelled with the
 /// operand position when an op has more than one operand.
 pub fn dot(graph: &Graph) -> Result<String, IrError> {
-    let mut out = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
+    let mut out = String::from(
+        "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n",
+    );
     let order = graph.topo_order()?;
     let index_of = |id: NodeId| order.iter().position(|&o| o == id).unwrap_or(0);
     for &id in &order {
@@ -270,7 +272,8 @@ pub fn dot(graph: &Graph) -> Result<String, IrError> {
             Op::Output(_) | Op::Assign(_) => ", style=filled, fillcolor=\"#ffe8cc\"",
             _ => "",
         };
-        let _ = writeln!(out, "  n{} [label=\"{}\"{style}];", index_of(id), label.replace('"', "\\\""));
+        let _ =
+            writeln!(out, "  n{} [label=\"{}\"{style}];", index_of(id), label.replace('"', "\\\""));
     }
     for &id in &order {
         let operands = graph.operands(id);
@@ -294,8 +297,16 @@ mod tests {
     fn small_graph() -> Graph {
         let mut g = Graph::new();
         let x = g.leaf(Input {}, Shape::new([4, 3]), "input").unwrap();
-        let w = g.leaf(Parameter { init: Init::GlorotUniform, seed: 7 }, Shape::new([3, 2]), "dense_1.kernel").unwrap();
-        let b = g.leaf(Parameter { init: Init::Zeros, seed: 8 }, Shape::new([2]), "dense_1.bias").unwrap();
+        let w = g
+            .leaf(
+                Parameter { init: Init::GlorotUniform, seed: 7 },
+                Shape::new([3, 2]),
+                "dense_1.kernel",
+            )
+            .unwrap();
+        let b = g
+            .leaf(Parameter { init: Init::Zeros, seed: 8 }, Shape::new([2]), "dense_1.bias")
+            .unwrap();
         let h = g.add(MatMul { transpose_a: false, transpose_b: true }, &[x, w], "dense_1");
         assert!(h.is_err(), "transposed [3,2] does not fit [4,3]");
         let h = g.add(MatMul::default(), &[x, w], "dense_1").unwrap();
@@ -329,7 +340,8 @@ mod tests {
         let text = print(&small_graph()).unwrap();
         let parsed = parse(&text).unwrap();
         assert_eq!(print(&parsed).unwrap(), text);
-        let with_attrs = "%x = input : f32[2,3]\n%t = matmul(%x, %x) {transpose_b=true} : f32[2,2]\n";
+        let with_attrs =
+            "%x = input : f32[2,3]\n%t = matmul(%x, %x) {transpose_b=true} : f32[2,2]\n";
         assert_eq!(print(&parse(with_attrs).unwrap()).unwrap(), with_attrs);
     }
 

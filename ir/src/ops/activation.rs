@@ -85,8 +85,7 @@ impl OpSpec for Maxout {
         maxout_infer(self.pieces, operands[0])
     }
     fn eval(&self, operands: &[&Tensor], out: &Shape, _: &EvalCtx) -> Tensor {
-        let data =
-            operands[0].data.chunks(self.pieces).map(|g| g[argmax_in_group(g)]).collect();
+        let data = operands[0].data.chunks(self.pieces).map(|g| g[argmax_in_group(g)]).collect();
         Tensor::new(out.clone(), data)
     }
     fn vjp(&self, v: &mut Vjp<'_>) -> Result<(), IrError> {

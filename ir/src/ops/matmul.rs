@@ -46,12 +46,13 @@ impl OpSpec for MatMul {
     fn eval(&self, operands: &[&Tensor], out: &Shape, _: &EvalCtx) -> Tensor {
         let (a, b) = (operands[0], operands[1]);
         let (m, k, _, n) = self.dims(&a.shape, &b.shape).expect("shapes were inferred");
-        let at = |i: usize, p: usize| if self.transpose_a { a.at(&[p, i]) } else { a.at(&[i, p]) };
-        let bt = |p: usize, j: usize| if self.transpose_b { b.at(&[j, p]) } else { b.at(&[p, j]) };
+        // Row-major offsets of op(a)[i, p] and op(b)[p, j].
+        let a_at = |i: usize, p: usize| if self.transpose_a { p * m + i } else { i * k + p };
+        let b_at = |p: usize, j: usize| if self.transpose_b { j * k + p } else { p * n + j };
         let mut c = Tensor::zeros(out.clone());
         for i in 0..m {
             for j in 0..n {
-                c.data[i * n + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                c.data[i * n + j] = (0..k).map(|p| a.data[a_at(i, p)] * b.data[b_at(p, j)]).sum();
             }
         }
         c

@@ -23,7 +23,8 @@ fn mix32(mut x: u32) -> u32 {
 /// A uniform number in `[0, 1)` with 24 random bits (exact in f32) for element `index` of a
 /// random op with `seed` at training step `step`.
 pub fn counter_uniform(seed: u64, step: u64, index: u64) -> f64 {
-    let key = mix32((seed as u32) ^ mix32((step as u32) ^ mix32((seed >> 32) as u32 ^ 0x9e37_79b9)));
+    let key =
+        mix32((seed as u32) ^ mix32((step as u32) ^ mix32((seed >> 32) as u32 ^ 0x9e37_79b9)));
     let bits = mix32(key ^ mix32(index as u32));
     (bits >> 8) as f64 / (1u32 << 24) as f64
 }

@@ -18,7 +18,11 @@ impl OpSpec for Reshape {
         expect_arity(operands, 1)?;
         let out = Shape(self.shape.clone());
         if out.numel() != operands[0].numel() {
-            return Err(format!("cannot reshape {} ({} elements) to {out}", operands[0], operands[0].numel()));
+            return Err(format!(
+                "cannot reshape {} ({} elements) to {out}",
+                operands[0],
+                operands[0].numel()
+            ));
         }
         Ok(out)
     }
