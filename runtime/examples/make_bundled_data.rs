@@ -38,10 +38,7 @@ fn run(src: &Path, out: &Path) -> Result<(), String> {
         let array = read_idx(&input).map_err(|e| e.to_string())?;
         let total = array.dims.first().copied().unwrap_or(0);
         if total < count {
-            return Err(format!(
-                "{}: holds {total} items, need at least {count}",
-                input.display()
-            ));
+            return Err(format!("{}: holds {total} items, need at least {count}", input.display()));
         }
         let rest = &array.dims[1..];
         let item_len: usize = rest.iter().product();
@@ -49,11 +46,7 @@ fn run(src: &Path, out: &Path) -> Result<(), String> {
         dims[0] = count;
         let output = out.join(format!("{name}.gz"));
         write_idx_gz(&output, &dims, &array.data[..count * item_len]).map_err(|e| e.to_string())?;
-        println!(
-            "{} -> {} ({count} items)",
-            input.display(),
-            output.display()
-        );
+        println!("{} -> {} ({count} items)", input.display(), output.display());
     }
     Ok(())
 }

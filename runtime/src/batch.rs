@@ -79,15 +79,10 @@ impl<'d> Batcher<'d> {
         self.x.clear();
         self.labels.clear();
         for &i in indices {
-            self.x
-                .extend_from_slice(&self.data.images[i * n..(i + 1) * n]);
+            self.x.extend_from_slice(&self.data.images[i * n..(i + 1) * n]);
             self.labels.push(self.data.labels[i]);
         }
-        Some(Batch {
-            x: &self.x,
-            labels: &self.labels,
-            len: indices.len(),
-        })
+        Some(Batch { x: &self.x, labels: &self.labels, len: indices.len() })
     }
 
     /// The example order of the current epoch.
@@ -130,11 +125,7 @@ fn epoch_seed(seed: u64, epoch: u64) -> u64 {
 pub fn in_order(data: &Dataset, batch_size: usize) -> impl Iterator<Item = Batch<'_>> {
     let usable = batch_size > 0 && data.check().is_ok();
     let n = data.example_len();
-    let batches = if usable {
-        data.len.div_ceil(batch_size)
-    } else {
-        0
-    };
+    let batches = if usable { data.len.div_ceil(batch_size) } else { 0 };
     (0..batches).map(move |b| {
         let start = b * batch_size;
         let end = data.len.min(start + batch_size);
@@ -224,10 +215,7 @@ mod tests {
     #[test]
     fn zero_batch_size_and_bad_dataset_are_errors() {
         let d = data(4);
-        assert_eq!(
-            Batcher::new(&d, 0, 0).unwrap_err(),
-            BatchError::ZeroBatchSize
-        );
+        assert_eq!(Batcher::new(&d, 0, 0).unwrap_err(), BatchError::ZeroBatchSize);
         let mut bad = data(4);
         bad.labels.pop();
         assert!(matches!(
@@ -248,10 +236,7 @@ mod tests {
     fn in_order_covers_the_data_without_copying() {
         let d = data(7);
         let batches: Vec<_> = in_order(&d, 3).collect();
-        assert_eq!(
-            batches.iter().map(|b| b.len).collect::<Vec<_>>(),
-            vec![3, 3, 1]
-        );
+        assert_eq!(batches.iter().map(|b| b.len).collect::<Vec<_>>(), vec![3, 3, 1]);
         assert_eq!(batches[2].x, &[6.0, -6.0]);
         assert_eq!(batches[1].labels, &[0.0, 1.0, 2.0]);
         assert!(std::ptr::eq(batches[0].x.as_ptr(), d.images.as_ptr()));

@@ -31,13 +31,8 @@ pub struct IdxArray {
 /// Reads an IDX file, decompressing it first if it starts with the gzip magic bytes.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
     let bytes = fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => DataError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => DataError::Read {
-            path: path.to_path_buf(),
-            source,
-        },
+        io::ErrorKind::NotFound => DataError::NotFound { path: path.to_path_buf() },
+        _ => DataError::Read { path: path.to_path_buf(), source },
     })?;
     parse_idx(&bytes, path)
 }
@@ -54,21 +49,13 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
 
 /// Writes `data` with dimensions `dims` as a gzip-compressed IDX file of unsigned bytes.
 pub fn write_idx_gz(path: &Path, dims: &[usize], data: &[u8]) -> Result<(), DataError> {
-    let raw = encode_idx(dims, data).map_err(|reason| DataError::InvalidArray {
-        path: path.to_path_buf(),
-        reason,
-    })?;
-    let write_err = |source| DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let raw = encode_idx(dims, data)
+        .map_err(|reason| DataError::InvalidArray { path: path.to_path_buf(), reason })?;
+    let write_err = |source| DataError::Write { path: path.to_path_buf(), source };
     let file = fs::File::create(path).map_err(write_err)?;
     let mut encoder = GzEncoder::new(io::BufWriter::new(file), Compression::best());
     encoder.write_all(&raw).map_err(write_err)?;
-    encoder
-        .finish()
-        .and_then(|mut w| w.flush())
-        .map_err(write_err)
+    encoder.finish().and_then(|mut w| w.flush()).map_err(write_err)
 }
 
 /// Encodes an uncompressed IDX file of unsigned bytes; the error says what is wrong.
@@ -96,10 +83,7 @@ fn gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
     let mut raw = Vec::new();
     MultiGzDecoder::new(bytes)
         .read_to_end(&mut raw)
-        .map_err(|source| DataError::Gzip {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| DataError::Gzip { path: path.to_path_buf(), source })?;
     Ok(raw)
 }
 
@@ -119,29 +103,19 @@ fn parse_raw(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         None => return Err(truncated("header", 4)),
     };
     if magic[0] != 0 || magic[1] != 0 {
-        return Err(DataError::BadMagic {
-            path: path.to_path_buf(),
-            found: magic,
-        });
+        return Err(DataError::BadMagic { path: path.to_path_buf(), found: magic });
     }
     if magic[2] != TYPE_U8 {
-        return Err(DataError::UnsupportedType {
-            path: path.to_path_buf(),
-            code: magic[2],
-        });
+        return Err(DataError::UnsupportedType { path: path.to_path_buf(), code: magic[2] });
     }
     let header_len = 4 + 4 * usize::from(magic[3]);
-    let header = bytes
-        .get(4..header_len)
-        .ok_or_else(|| truncated("header", header_len))?;
+    let header = bytes.get(4..header_len).ok_or_else(|| truncated("header", header_len))?;
     let dims: Vec<usize> = header
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let count = element_count(&dims).ok_or_else(|| DataError::TooLarge {
-        path: path.to_path_buf(),
-        dims: dims.clone(),
-    })?;
+    let count = element_count(&dims)
+        .ok_or_else(|| DataError::TooLarge { path: path.to_path_buf(), dims: dims.clone() })?;
     let body = &bytes[header_len..];
     if body.len() < count {
         return Err(DataError::Truncated {
@@ -158,10 +132,7 @@ fn parse_raw(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
             extra: body.len() - count,
         });
     }
-    Ok(IdxArray {
-        dims,
-        data: body.to_vec(),
-    })
+    Ok(IdxArray { dims, data: body.to_vec() })
 }
 
 #[cfg(test)]
@@ -169,10 +140,7 @@ mod tests {
     use super::*;
 
     fn sample() -> IdxArray {
-        IdxArray {
-            dims: vec![2, 3, 4],
-            data: (0..24).collect(),
-        }
+        IdxArray { dims: vec![2, 3, 4], data: (0..24).collect() }
     }
 
     fn raw(a: &IdxArray) -> Vec<u8> {
@@ -249,10 +217,7 @@ mod tests {
         let mut bytes = raw(&sample());
         bytes[2] = 0x0d; // float
         let err = parse_idx(&bytes, p()).unwrap_err();
-        assert!(
-            matches!(err, DataError::UnsupportedType { code: 0x0d, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, DataError::UnsupportedType { code: 0x0d, .. }), "{err:?}");
         assert!(err.to_string().contains("0x0d"), "{err}");
     }
 
@@ -261,21 +226,10 @@ mod tests {
         let bytes = raw(&sample());
         let err = parse_idx(&bytes[..bytes.len() - 5], p()).unwrap_err();
         assert!(
-            matches!(
-                err,
-                DataError::Truncated {
-                    part: "data",
-                    expected: 24,
-                    found: 19,
-                    ..
-                }
-            ),
+            matches!(err, DataError::Truncated { part: "data", expected: 24, found: 19, .. }),
             "{err:?}"
         );
-        assert!(
-            err.to_string().contains("expected 24 bytes, found 19"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("expected 24 bytes, found 19"), "{err}");
     }
 
     #[test]
@@ -283,10 +237,7 @@ mod tests {
         let bytes = raw(&sample());
         for len in [0, 3, 4, 9, 15] {
             let err = parse_idx(&bytes[..len], p()).unwrap_err();
-            assert!(
-                matches!(err, DataError::Truncated { part: "header", .. }),
-                "{len}: {err:?}"
-            );
+            assert!(matches!(err, DataError::Truncated { part: "header", .. }), "{len}: {err:?}");
         }
     }
 
@@ -295,32 +246,15 @@ mod tests {
         let mut bytes = raw(&sample());
         bytes.extend_from_slice(&[1, 2, 3]);
         let err = parse_idx(&bytes, p()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::TrailingData {
-                    expected: 24,
-                    extra: 3,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, DataError::TrailingData { expected: 24, extra: 3, .. }), "{err:?}");
     }
 
     #[test]
     fn huge_dims_are_an_error_not_an_allocation() {
-        let bytes = [
-            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1,
-        ];
+        let bytes =
+            [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1];
         let err = parse_idx(&bytes, p()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::TooLarge { .. } | DataError::Truncated { .. }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, DataError::TooLarge { .. } | DataError::Truncated { .. }), "{err:?}");
     }
 
     #[test]

@@ -26,11 +26,7 @@ fn id_data(len: usize) -> Dataset {
 }
 
 fn id_split(train: usize, test: usize) -> DataSplit {
-    DataSplit {
-        train: id_data(train),
-        test: id_data(test),
-        source: "synthetic".into(),
-    }
+    DataSplit { train: id_data(train), test: id_data(test), source: "synthetic".into() }
 }
 
 struct Mock {
@@ -111,10 +107,7 @@ fn run(
     mock: &mut Mock,
     data: &DataSplit,
     cfg: &TrainConfig,
-) -> (
-    Result<kiln_runtime::TrainReport, TrainError>,
-    Vec<TrainEvent>,
-) {
+) -> (Result<kiln_runtime::TrainReport, TrainError>, Vec<TrainEvent>) {
     let mut events = vec![];
     let result = fit(mock, data, cfg, |e| events.push(e.clone()));
     (result, events)
@@ -154,10 +147,7 @@ fn steps_epochs_and_partial_batches() {
     assert_ne!(epochs[0], epochs[1]);
 
     // The whole test set is evaluated, in batches, after each epoch's last step.
-    assert_eq!(
-        mock.eval_batches,
-        vec![(4, 16), (4, 14), (8, 16), (8, 14), (12, 16), (12, 14)]
-    );
+    assert_eq!(mock.eval_batches, vec![(4, 16), (4, 14), (8, 16), (8, 14), (12, 16), (12, 14)]);
     assert_eq!(epoch_numbers(&events), vec![1, 2, 3]);
     assert_eq!(report.final_test_loss, 1.0);
     assert_eq!(report.final_test_accuracy, Some(0.0));
@@ -171,14 +161,8 @@ fn epoch_event_carries_weighted_means_and_rates() {
     mock.correct = Some(2); // batches of 4 and 1 -> 2 + 1 correct of 5
     let (report, events) = run(&mut mock, &data, &config(1, 4));
     let report = report.unwrap();
-    let TrainEvent::Epoch {
-        epoch,
-        train_loss,
-        test_loss,
-        test_accuracy,
-        images_per_sec,
-        seconds,
-    } = events[0]
+    let TrainEvent::Epoch { epoch, train_loss, test_loss, test_accuracy, images_per_sec, seconds } =
+        events[0]
     else {
         panic!("expected an epoch event, got {:?}", events[0]);
     };
@@ -240,10 +224,7 @@ fn max_steps_is_honoured_and_the_cut_epoch_is_evaluated() {
 fn early_stopping_triggers_when_test_loss_stops_improving() {
     let data = id_split(60, 30);
     let mut cfg = config(10, 16);
-    cfg.early_stopping = Some(EarlyStopping {
-        patience: 2,
-        min_delta: 0.05,
-    });
+    cfg.early_stopping = Some(EarlyStopping { patience: 2, min_delta: 0.05 });
     // Test loss after epochs 1..: 1.0, 0.5 (best), 0.49 (< min_delta better), 0.495 -> stop.
     let table = [1.0, 0.5, 0.49, 0.495, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
     let mut mock = Mock::new(Box::new(|_| Ok(1.0)), Box::new(move |s| table[s / 4 - 1]));
@@ -255,11 +236,7 @@ fn early_stopping_triggers_when_test_loss_stops_improving() {
     assert_eq!(report.final_test_loss, 0.495);
     assert_eq!(
         events.last(),
-        Some(&TrainEvent::EarlyStop {
-            epoch: 4,
-            best_epoch: 2,
-            best_test_loss: 0.5
-        })
+        Some(&TrainEvent::EarlyStop { epoch: 4, best_epoch: 2, best_test_loss: 0.5 })
     );
 }
 
@@ -267,33 +244,23 @@ fn early_stopping_triggers_when_test_loss_stops_improving() {
 fn no_early_stop_while_test_loss_improves() {
     let data = id_split(60, 30);
     let mut cfg = config(6, 16);
-    cfg.early_stopping = Some(EarlyStopping {
-        patience: 1,
-        min_delta: 0.0,
-    });
+    cfg.early_stopping = Some(EarlyStopping { patience: 1, min_delta: 0.0 });
     let mut mock = Mock::new(Box::new(|_| Ok(1.0)), Box::new(|s| 1.0 / s as f32));
     let (report, events) = run(&mut mock, &data, &cfg);
     let report = report.unwrap();
     assert!(!report.stopped_early);
     assert_eq!(report.epochs_run, 6);
-    assert!(!events
-        .iter()
-        .any(|e| matches!(e, TrainEvent::EarlyStop { .. })));
+    assert!(!events.iter().any(|e| matches!(e, TrainEvent::EarlyStop { .. })));
 }
 
 #[test]
 fn nan_loss_is_an_error_naming_the_step() {
     let data = id_split(60, 30);
-    let mut mock = Mock::new(
-        Box::new(|s| Ok(if s == 7 { f32::NAN } else { 1.0 })),
-        Box::new(|_| 1.0),
-    );
+    let mut mock =
+        Mock::new(Box::new(|s| Ok(if s == 7 { f32::NAN } else { 1.0 })), Box::new(|_| 1.0));
     let (result, events) = run(&mut mock, &data, &config(5, 16));
     let err = result.unwrap_err();
-    assert!(
-        matches!(err, TrainError::NonFiniteLoss { step: 7, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, TrainError::NonFiniteLoss { step: 7, .. }), "{err:?}");
     assert_eq!(err.to_string(), "loss became NaN at step 7");
     assert_eq!(mock.steps, 7, "no step after the NaN");
     assert_eq!(epoch_numbers(&events), vec![1]);
@@ -330,10 +297,7 @@ fn backend_errors_propagate_with_context() {
     );
     let err = run(&mut mock, &data, &config(1, 16)).0.unwrap_err();
     assert!(matches!(err, TrainError::Step { step: 2, .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        "backend failed at step 2: shape mismatch in step 2"
-    );
+    assert_eq!(err.to_string(), "backend failed at step 2: shape mismatch in step 2");
 }
 
 #[test]
@@ -350,10 +314,7 @@ fn accuracy_is_none_for_non_classifiers_and_bad_counts_are_errors() {
             Ok(1.0)
         }
         fn eval_step(&mut self, b: &Batch<'_>) -> Result<EvalOutput, BackendError> {
-            Ok(EvalOutput {
-                loss: 1.0,
-                correct: Some(b.len + 1),
-            })
+            Ok(EvalOutput { loss: 1.0, correct: Some(b.len + 1) })
         }
     }
     let err = fit(&mut Liar, &data, &config(1, 8), |_| {}).unwrap_err();
@@ -366,29 +327,17 @@ fn bad_configs_and_data_are_errors_not_panics() {
     let cases: Vec<(TrainConfig, &str)> = vec![
         (config(1, 0), "batch size"),
         (config(0, 4), "epochs"),
+        (TrainConfig { max_steps: Some(0), ..config(1, 4) }, "max steps"),
         (
             TrainConfig {
-                max_steps: Some(0),
-                ..config(1, 4)
-            },
-            "max steps",
-        ),
-        (
-            TrainConfig {
-                early_stopping: Some(EarlyStopping {
-                    patience: 0,
-                    min_delta: 0.0,
-                }),
+                early_stopping: Some(EarlyStopping { patience: 0, min_delta: 0.0 }),
                 ..config(1, 4)
             },
             "patience",
         ),
         (
             TrainConfig {
-                early_stopping: Some(EarlyStopping {
-                    patience: 1,
-                    min_delta: f32::NAN,
-                }),
+                early_stopping: Some(EarlyStopping { patience: 1, min_delta: f32::NAN }),
                 ..config(1, 4)
             },
             "min delta",
@@ -408,19 +357,12 @@ fn bad_configs_and_data_are_errors_not_panics() {
     mismatched.test.width = 1;
     mismatched.test.height = 2;
     let err = fit(&mut Mock::constant(), &mismatched, &config(1, 4), |_| {}).unwrap_err();
-    assert!(
-        matches!(err, TrainError::ExampleSizeMismatch { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, TrainError::ExampleSizeMismatch { .. }), "{err:?}");
 
     let mut broken = id_split(20, 10);
     broken.test.labels.pop();
     let err = fit(&mut Mock::constant(), &broken, &config(1, 4), |_| {}).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("test set: dataset has 9 labels"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("test set: dataset has 9 labels"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,12 +378,7 @@ struct LinearSoftmax {
 
 impl LinearSoftmax {
     fn new(inputs: usize, classes: usize, lr: f32) -> Self {
-        LinearSoftmax {
-            inputs,
-            classes,
-            params: vec![0.0; classes * (inputs + 1)],
-            lr,
-        }
+        LinearSoftmax { inputs, classes, params: vec![0.0; classes * (inputs + 1)], lr }
     }
 
     /// Softmax probabilities of one example.
@@ -500,15 +437,10 @@ impl StepBackend for LinearSoftmax {
             let p = self.probs(x);
             let y = label as usize;
             loss -= p[y].max(1e-12).ln();
-            let best = (0..self.classes)
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                .unwrap_or(0);
+            let best = (0..self.classes).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
             correct += usize::from(best == y);
         }
-        Ok(EvalOutput {
-            loss: loss / batch.len as f32,
-            correct: Some(correct),
-        })
+        Ok(EvalOutput { loss: loss / batch.len as f32, correct: Some(correct) })
     }
 }
 
@@ -525,22 +457,11 @@ fn blobs(len: usize, seed: u64) -> Dataset {
         }
         labels.push(c as f32);
     }
-    Dataset {
-        images,
-        labels,
-        len,
-        height: 2,
-        width: 2,
-        classes: 3,
-    }
+    Dataset { images, labels, len, height: 2, width: 2, classes: 3 }
 }
 
 fn blob_split() -> DataSplit {
-    DataSplit {
-        train: blobs(150, 1),
-        test: blobs(60, 2),
-        source: "blobs".into(),
-    }
+    DataSplit { train: blobs(150, 1), test: blobs(60, 2), source: "blobs".into() }
 }
 
 #[test]
@@ -558,10 +479,7 @@ fn linear_softmax_learns_the_synthetic_task() {
     .unwrap();
     assert_eq!(report.steps, 15 * 15);
     let first: f32 = report.losses[..15].iter().sum::<f32>() / 15.0;
-    let last: f32 = report.losses[report.losses.len() - 15..]
-        .iter()
-        .sum::<f32>()
-        / 15.0;
+    let last: f32 = report.losses[report.losses.len() - 15..].iter().sum::<f32>() / 15.0;
     assert!(last < first * 0.5, "training loss fell: {first} -> {last}");
     assert!(test_losses[14] < test_losses[0], "{test_losses:?}");
     let acc = report.final_test_accuracy.unwrap();
@@ -574,9 +492,7 @@ fn same_seed_same_run_different_seed_different_run() {
     let run = |seed| {
         let mut cfg = config(2, 16);
         cfg.seed = seed;
-        fit(&mut LinearSoftmax::new(4, 3, 0.5), &data, &cfg, |_| {})
-            .unwrap()
-            .losses
+        fit(&mut LinearSoftmax::new(4, 3, 0.5), &data, &cfg, |_| {}).unwrap().losses
     };
     assert_eq!(run(9), run(9));
     assert_ne!(run(9), run(10));

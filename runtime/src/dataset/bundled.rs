@@ -13,14 +13,7 @@ pub const BUNDLED_TEST_LEN: usize = 1000;
 
 macro_rules! data_file {
     ($name:literal) => {
-        (
-            $name,
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/data/mnist-small/",
-                $name
-            )),
-        )
+        ($name, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist-small/", $name)))
     };
 }
 
@@ -36,15 +29,8 @@ const TEST_LABELS: (&str, &[u8]) = data_file!("t10k-labels-idx1-ubyte.gz");
 pub fn bundled() -> Result<DataSplit, DataError> {
     let train = decode(TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = decode(TEST_IMAGES, TEST_LABELS)?;
-    let source = format!(
-        "bundled MNIST subset ({} train / {} test)",
-        train.len, test.len
-    );
-    Ok(DataSplit {
-        train,
-        test,
-        source,
-    })
+    let source = format!("bundled MNIST subset ({} train / {} test)", train.len, test.len);
+    Ok(DataSplit { train, test, source })
 }
 
 fn decode(images: (&str, &[u8]), labels: (&str, &[u8])) -> Result<Dataset, DataError> {
@@ -52,13 +38,7 @@ fn decode(images: (&str, &[u8]), labels: (&str, &[u8])) -> Result<Dataset, DataE
     let labels_path = bundled_path(labels.0);
     let image_array = parse_idx(images.1, &images_path)?;
     let label_array = parse_idx(labels.1, &labels_path)?;
-    Dataset::from_idx(
-        &image_array,
-        &images_path,
-        &label_array,
-        &labels_path,
-        MNIST_CLASSES,
-    )
+    Dataset::from_idx(&image_array, &images_path, &label_array, &labels_path, MNIST_CLASSES)
 }
 
 fn bundled_path(name: &str) -> PathBuf {
@@ -72,14 +52,8 @@ mod tests {
     #[test]
     fn bundled_split_has_the_documented_shape() {
         let split = bundled().unwrap();
-        assert_eq!(
-            split.source,
-            "bundled MNIST subset (5000 train / 1000 test)"
-        );
-        for (d, n) in [
-            (&split.train, BUNDLED_TRAIN_LEN),
-            (&split.test, BUNDLED_TEST_LEN),
-        ] {
+        assert_eq!(split.source, "bundled MNIST subset (5000 train / 1000 test)");
+        for (d, n) in [(&split.train, BUNDLED_TRAIN_LEN), (&split.test, BUNDLED_TEST_LEN)] {
             assert_eq!(d.len, n);
             assert_eq!((d.height, d.width, d.classes), (28, 28, 10));
             d.check().unwrap();

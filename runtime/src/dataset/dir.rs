@@ -22,17 +22,11 @@ pub const FILE_NAMES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST
 /// When both `NAME.gz` and `NAME` exist, `NAME.gz` is read. Labels must be below 10.
 pub fn load_dir(dir: &Path) -> Result<DataSplit, DataError> {
     if !dir.is_dir() {
-        return Err(DataError::DirNotFound {
-            path: dir.to_path_buf(),
-        });
+        return Err(DataError::DirNotFound { path: dir.to_path_buf() });
     }
     let train = load_pair(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = load_pair(dir, TEST_IMAGES, TEST_LABELS)?;
-    Ok(DataSplit {
-        train,
-        test,
-        source: dir.display().to_string(),
-    })
+    Ok(DataSplit { train, test, source: dir.display().to_string() })
 }
 
 fn load_pair(dir: &Path, images_name: &str, labels_name: &str) -> Result<Dataset, DataError> {
@@ -63,12 +57,7 @@ mod tests {
     /// Writes a tiny valid split: 3 train and 2 test images of 2x2; the test files uncompressed.
     fn write_split(dir: &Path) {
         let train_px: Vec<u8> = (0..12).map(|i| i * 20).collect();
-        write_idx_gz(
-            &dir.join("train-images-idx3-ubyte.gz"),
-            &[3, 2, 2],
-            &train_px,
-        )
-        .unwrap();
+        write_idx_gz(&dir.join("train-images-idx3-ubyte.gz"), &[3, 2, 2], &train_px).unwrap();
         write_idx_gz(&dir.join("train-labels-idx1-ubyte.gz"), &[3], &[0, 5, 9]).unwrap();
         let test_px = encode_idx(&[2, 2, 2], &[255; 8]).unwrap();
         std::fs::write(dir.join("t10k-images-idx3-ubyte"), test_px).unwrap();
@@ -99,10 +88,7 @@ mod tests {
         let dir = tmp.path().join("nope");
         let err = load_dir(&dir).unwrap_err();
         assert!(matches!(err, DataError::DirNotFound { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("nope: data directory not found"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("nope: data directory not found"), "{err}");
     }
 
     #[test]
@@ -126,45 +112,21 @@ mod tests {
     fn count_mismatch_names_both_files() {
         let tmp = tempfile::tempdir().unwrap();
         write_split(tmp.path());
-        write_idx_gz(
-            &tmp.path().join("train-labels-idx1-ubyte.gz"),
-            &[2],
-            &[0, 1],
-        )
-        .unwrap();
+        write_idx_gz(&tmp.path().join("train-labels-idx1-ubyte.gz"), &[2], &[0, 1]).unwrap();
         let err = load_dir(tmp.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("train-images-idx3-ubyte.gz holds 3 images"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("train-labels-idx1-ubyte.gz holds 2 labels"),
-            "{msg}"
-        );
+        assert!(msg.contains("train-images-idx3-ubyte.gz holds 3 images"), "{msg}");
+        assert!(msg.contains("train-labels-idx1-ubyte.gz holds 2 labels"), "{msg}");
     }
 
     #[test]
     fn label_out_of_range() {
         let tmp = tempfile::tempdir().unwrap();
         write_split(tmp.path());
-        write_idx_gz(
-            &tmp.path().join("train-labels-idx1-ubyte.gz"),
-            &[3],
-            &[0, 10, 1],
-        )
-        .unwrap();
+        write_idx_gz(&tmp.path().join("train-labels-idx1-ubyte.gz"), &[3], &[0, 10, 1]).unwrap();
         let err = load_dir(tmp.path()).unwrap_err();
         assert!(
-            matches!(
-                err,
-                DataError::LabelOutOfRange {
-                    index: 1,
-                    label: 10,
-                    classes: 10,
-                    ..
-                }
-            ),
+            matches!(err, DataError::LabelOutOfRange { index: 1, label: 10, classes: 10, .. }),
             "{err:?}"
         );
     }
@@ -173,19 +135,10 @@ mod tests {
     fn images_must_be_3d() {
         let tmp = tempfile::tempdir().unwrap();
         write_split(tmp.path());
-        write_idx_gz(
-            &tmp.path().join("train-images-idx3-ubyte.gz"),
-            &[3, 4],
-            &[0; 12],
-        )
-        .unwrap();
+        write_idx_gz(&tmp.path().join("train-images-idx3-ubyte.gz"), &[3, 4], &[0; 12]).unwrap();
         let err = load_dir(tmp.path()).unwrap_err();
         assert!(matches!(err, DataError::WrongRank { .. }), "{err:?}");
-        assert!(
-            err.to_string()
-                .contains("train-images-idx3-ubyte.gz: expected a 3-D"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("train-images-idx3-ubyte.gz: expected a 3-D"), "{err}");
     }
 
     #[test]
@@ -195,10 +148,6 @@ mod tests {
         std::fs::write(tmp.path().join("t10k-images-idx3-ubyte"), [0, 0, 8, 3, 0]).unwrap();
         let err = load_dir(tmp.path()).unwrap_err();
         assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
-        assert!(
-            err.to_string()
-                .contains("t10k-images-idx3-ubyte: truncated header"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("t10k-images-idx3-ubyte: truncated header"), "{err}");
     }
 }

@@ -113,11 +113,8 @@ impl Dataset {
                 labels: label_count,
             });
         }
-        if let Some((index, &label)) = labels
-            .data
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| usize::from(l) >= classes)
+        if let Some((index, &label)) =
+            labels.data.iter().enumerate().find(|(_, &l)| usize::from(l) >= classes)
         {
             return Err(DataError::LabelOutOfRange {
                 path: labels_path.to_path_buf(),
@@ -148,10 +145,7 @@ impl Dataset {
 
     /// Checks that the fields agree: pixel and label counts match `len`, labels are class ids.
     pub fn check(&self) -> Result<(), ShapeError> {
-        let expected = self
-            .len
-            .checked_mul(self.height)
-            .and_then(|n| n.checked_mul(self.width));
+        let expected = self.len.checked_mul(self.height).and_then(|n| n.checked_mul(self.width));
         if expected != Some(self.images.len()) {
             return Err(ShapeError::Images {
                 found: self.images.len(),
@@ -161,18 +155,13 @@ impl Dataset {
             });
         }
         if self.labels.len() != self.len {
-            return Err(ShapeError::Labels {
-                found: self.labels.len(),
-                len: self.len,
-            });
+            return Err(ShapeError::Labels { found: self.labels.len(), len: self.len });
         }
         let is_class = |l: f32| l >= 0.0 && l.fract() == 0.0 && (l as usize) < self.classes;
         match self.labels.iter().position(|&l| !is_class(l)) {
-            Some(index) => Err(ShapeError::Label {
-                index,
-                label: self.labels[index],
-                classes: self.classes,
-            }),
+            Some(index) => {
+                Err(ShapeError::Label { index, label: self.labels[index], classes: self.classes })
+            }
             None => Ok(()),
         }
     }
@@ -183,14 +172,8 @@ mod tests {
     use super::*;
 
     fn arrays() -> (IdxArray, IdxArray) {
-        let images = IdxArray {
-            dims: vec![2, 1, 2],
-            data: vec![0, 255, 51, 102],
-        };
-        let labels = IdxArray {
-            dims: vec![2],
-            data: vec![3, 9],
-        };
+        let images = IdxArray { dims: vec![2, 1, 2], data: vec![0, 255, 51, 102] };
+        let labels = IdxArray { dims: vec![2], data: vec![3, 9] };
         (images, labels)
     }
 
@@ -214,21 +197,8 @@ mod tests {
         let (images, mut labels) = arrays();
         labels.data[1] = 10;
         let err = build(&images, &labels).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::LabelOutOfRange {
-                    index: 1,
-                    label: 10,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().starts_with("lab: label 10 at index 1"),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::LabelOutOfRange { index: 1, label: 10, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("lab: label 10 at index 1"), "{err}");
     }
 
     #[test]
@@ -237,18 +207,12 @@ mod tests {
         images.dims = vec![2, 2];
         let err = build(&images, &labels).unwrap_err();
         assert!(matches!(err, DataError::WrongRank { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("img: expected a 3-D images"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("img: expected a 3-D images"), "{err}");
 
         let (images, mut labels) = arrays();
         labels.dims = vec![2, 1];
         let err = build(&images, &labels).unwrap_err();
-        assert!(
-            err.to_string().contains("lab: expected a 1-D labels"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("lab: expected a 1-D labels"), "{err}");
     }
 
     #[test]
@@ -257,17 +221,7 @@ mod tests {
         labels.dims = vec![3];
         labels.data.push(1);
         let err = build(&images, &labels).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::CountMismatch {
-                    images: 2,
-                    labels: 3,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, DataError::CountMismatch { images: 2, labels: 3, .. }), "{err:?}");
     }
 
     #[test]
@@ -277,17 +231,11 @@ mod tests {
 
         let mut d = good.clone();
         d.images.pop();
-        assert!(matches!(
-            d.check(),
-            Err(ShapeError::Images { found: 3, .. })
-        ));
+        assert!(matches!(d.check(), Err(ShapeError::Images { found: 3, .. })));
 
         let mut d = good.clone();
         d.labels.push(0.0);
-        assert!(matches!(
-            d.check(),
-            Err(ShapeError::Labels { found: 3, len: 2 })
-        ));
+        assert!(matches!(d.check(), Err(ShapeError::Labels { found: 3, len: 2 })));
 
         for bad in [-1.0, 0.5, 10.0, f32::NAN] {
             let mut d = good.clone();

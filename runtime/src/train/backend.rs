@@ -30,9 +30,7 @@ pub struct BackendError {
 impl BackendError {
     /// A backend error with the given message.
     pub fn new(message: impl Into<String>) -> Self {
-        BackendError {
-            message: message.into(),
-        }
+        BackendError { message: message.into() }
     }
 }
 

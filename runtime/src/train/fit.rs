@@ -40,9 +40,8 @@ pub fn fit<B: StepBackend + ?Sized>(
         let mut hit_max_steps = false;
         while let Some(batch) = batcher.next_batch() {
             let step = report.steps + 1;
-            let loss = backend
-                .train_step(&batch)
-                .map_err(|source| TrainError::Step { step, source })?;
+            let loss =
+                backend.train_step(&batch).map_err(|source| TrainError::Step { step, source })?;
             if !loss.is_finite() {
                 progress.finish();
                 return Err(TrainError::NonFiniteLoss { step, value: loss });
@@ -119,15 +118,9 @@ fn check_config(config: &TrainConfig) -> Result<(), TrainError> {
 
 fn check_data<'d>(data: &'d DataSplit, config: &TrainConfig) -> Result<Batcher<'d>, TrainError> {
     let (train, test) = (&data.train, &data.test);
-    let batcher =
-        Batcher::new(train, config.batch_size, config.seed).map_err(|source| TrainError::Data {
-            set: "train",
-            source,
-        })?;
-    test.check().map_err(|e| TrainError::Data {
-        set: "test",
-        source: e.into(),
-    })?;
+    let batcher = Batcher::new(train, config.batch_size, config.seed)
+        .map_err(|source| TrainError::Data { set: "train", source })?;
+    test.check().map_err(|e| TrainError::Data { set: "test", source: e.into() })?;
     for (set, d) in [("train", train), ("test", test)] {
         if d.is_empty() {
             return Err(TrainError::EmptySet { set });
@@ -154,15 +147,10 @@ fn evaluate<B: StepBackend + ?Sized>(
     let mut loss_sum = 0.0f64;
     let mut correct = Some(0usize);
     for batch in in_order(test, batch_size) {
-        let out = backend
-            .eval_step(&batch)
-            .map_err(|source| TrainError::Eval { epoch, source })?;
+        let out = backend.eval_step(&batch).map_err(|source| TrainError::Eval { epoch, source })?;
         if let Some(c) = out.correct.filter(|&c| c > batch.len) {
             let msg = format!("eval_step reported {c} correct in a batch of {}", batch.len);
-            return Err(TrainError::Eval {
-                epoch,
-                source: BackendError::new(msg),
-            });
+            return Err(TrainError::Eval { epoch, source: BackendError::new(msg) });
         }
         loss_sum += f64::from(out.loss) * batch.len as f64;
         correct = correct.zip(out.correct).map(|(a, b)| a + b);
@@ -184,12 +172,7 @@ struct Tracker {
 
 impl Tracker {
     fn new(rule: EarlyStopping) -> Self {
-        Tracker {
-            rule,
-            best: f32::INFINITY,
-            best_epoch: 0,
-            epochs_without_improvement: 0,
-        }
+        Tracker { rule, best: f32::INFINITY, best_epoch: 0, epochs_without_improvement: 0 }
     }
 
     /// Records the test loss of `epoch`; true when training should stop.
@@ -211,10 +194,7 @@ mod tests {
 
     #[test]
     fn tracker_counts_epochs_without_enough_improvement() {
-        let mut t = Tracker::new(EarlyStopping {
-            patience: 2,
-            min_delta: 0.1,
-        });
+        let mut t = Tracker::new(EarlyStopping { patience: 2, min_delta: 0.1 });
         assert!(!t.should_stop(1, 1.0)); // first epoch is always an improvement
         assert!(!t.should_stop(2, 0.95)); // 0.05 < min_delta: one bad epoch
         assert!(!t.should_stop(3, 0.8)); // 0.2 better than best 1.0: reset

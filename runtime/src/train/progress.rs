@@ -16,9 +16,7 @@ impl Progress {
     /// stderr is a terminal.
     pub(crate) fn new(show: bool, images: usize, epoch: usize, epochs: usize) -> Self {
         if !show || !std::io::stderr().is_terminal() {
-            return Progress {
-                bar: ProgressBar::hidden(),
-            };
+            return Progress { bar: ProgressBar::hidden() };
         }
         let style = ProgressStyle::with_template(TEMPLATE)
             .map(|s| s.progress_chars("=> "))
@@ -39,8 +37,7 @@ impl Progress {
         if self.is_hidden() {
             return;
         }
-        self.bar
-            .set_message(format!("loss {running_loss:.4}  {images_per_sec:.0} img/s"));
+        self.bar.set_message(format!("loss {running_loss:.4}  {images_per_sec:.0} img/s"));
         self.bar.inc(images as u64);
     }
 
