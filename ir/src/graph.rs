@@ -103,6 +103,16 @@ impl Graph {
         (1..).map(|i| format!("{base}.{i}")).find(|n| !self.names.contains_key(n)).unwrap_or(base)
     }
 
+    /// Renames a node (made unique and sanitised like a new name) and returns the name given.
+    pub fn rename(&mut self, id: NodeId, name: &str) -> String {
+        let old = self.inner[id].name.clone();
+        self.names.remove(&old);
+        let new = self.unique_name(name);
+        self.inner[id].name = new.clone();
+        self.names.insert(new.clone(), id);
+        new
+    }
+
     /// The node behind a handle.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.inner[id]

@@ -39,6 +39,15 @@ impl Shape {
         self.0[idx as usize]
     }
 
+    /// The shape as Keras prints it, with the leading batch dimension left open:
+    /// `f32[64,26,26,32]` is `(None, 26, 26, 32)`. Used in messages about model files, which
+    /// do not depend on the batch size.
+    pub fn per_example(&self) -> String {
+        let mut parts = vec![String::from("None")];
+        parts.extend(self.0.iter().skip(1).map(|d| d.to_string()));
+        format!("({})", parts.join(", "))
+    }
+
     /// Row-major strides, in elements.
     pub fn strides(&self) -> Vec<usize> {
         let mut strides = vec![1; self.0.len()];
@@ -94,5 +103,6 @@ mod tests {
         assert_eq!(s.to_string(), "f32[2,3,4]");
         assert_eq!(Shape::scalar().to_string(), "f32[]");
         assert_eq!(Shape::scalar().numel(), 1);
+        assert_eq!(s.per_example(), "(None, 3, 4)");
     }
 }

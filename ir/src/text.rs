@@ -130,16 +130,14 @@ impl Line {
         c.expect("=")?;
         let op = c.name()?;
         let mut operands = Vec::new();
-        if c.eat("(") {
-            if !c.eat(")") {
-                loop {
-                    c.expect("%")?;
-                    operands.push(c.name()?);
-                    if c.eat(")") {
-                        break;
-                    }
-                    c.expect(",")?;
+        if c.eat("(") && !c.eat(")") {
+            loop {
+                c.expect("%")?;
+                operands.push(c.name()?);
+                if c.eat(")") {
+                    break;
                 }
+                c.expect(",")?;
             }
         }
         let mut attrs = Map::new();

@@ -60,7 +60,7 @@ pub struct Maxout {
 }
 
 fn maxout_infer(pieces: usize, x: &Shape) -> Result<Shape, String> {
-    if pieces == 0 || x.rank() == 0 || x.dim(-1) % pieces != 0 {
+    if pieces == 0 || x.rank() == 0 || !x.dim(-1).is_multiple_of(pieces) {
         return Err(format!("the last dimension of {x} is not a multiple of pieces={pieces}"));
     }
     let mut dims = x.dims().to_vec();

@@ -169,18 +169,18 @@ impl OpSpec for BinaryCrossEntropyGrad {
     fn eval(&self, operands: &[&Tensor], out: &Shape, _: &EvalCtx) -> Tensor {
         let (p, t) = (operands[0], operands[1]);
         let n = p.data.len() as f64;
-        let data =
-            p.data
-                .iter()
-                .zip(&t.data)
-                .map(|(&p, &t)| {
-                    if p < BCE_EPS || p > 1.0 - BCE_EPS {
-                        0.0
-                    } else {
-                        (p - t) / (p * (1.0 - p)) / n
-                    }
-                })
-                .collect();
+        let data = p
+            .data
+            .iter()
+            .zip(&t.data)
+            .map(|(&p, &t)| {
+                if !(BCE_EPS..=1.0 - BCE_EPS).contains(&p) {
+                    0.0
+                } else {
+                    (p - t) / (p * (1.0 - p)) / n
+                }
+            })
+            .collect();
         Tensor::new(out.clone(), data)
     }
 }

@@ -1,1 +1,0 @@
-//! Model files (JSON): sequential and graph forms, lowered to a forward graph.
