@@ -1,0 +1,20 @@
+//! Snapshots of the text IR of every example model: the forward graph (with its loss) and the
+//! whole training step. A diff here is a change in what the compiler produces; review it.
+
+mod common;
+
+use kiln_compiler::step::training_step;
+use kiln_ir::model::Mode;
+use kiln_ir::text;
+
+#[test]
+fn forward_and_training_graphs_of_every_example_model() {
+    let models = common::example_models();
+    assert!(models.len() >= 7, "the zoo has {} models", models.len());
+    for (name, model) in models {
+        let forward = model.build(2, Mode::Train).unwrap().graph;
+        insta::assert_snapshot!(format!("{name}_forward"), text::print(&forward).unwrap());
+        let step = training_step(&model, 2).unwrap().graph;
+        insta::assert_snapshot!(format!("{name}_train"), text::print(&step).unwrap());
+    }
+}
