@@ -1,0 +1,126 @@
+//! `kiln train`: train a model on the bundled MNIST subset or a data directory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use kiln::backend::InterpreterBackend;
+use kiln::runtime::{self, fit, TrainConfig, TrainEvent};
+
+use super::load;
+
+/// Arguments of `kiln train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The model file (JSON).
+    model: PathBuf,
+    /// Which backend runs the training step.
+    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    backend: Backend,
+    /// A directory with MNIST-format IDX files (train-images-idx3-ubyte[.gz], …); default: the
+    /// bundled 5,000/1,000-image MNIST subset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Epochs (default: the model file's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size (default: the model file's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Stop after this many training steps in total (without --epochs, as many epochs as that
+    /// takes are run).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed for initialisation, shuffling and dropout (default: the model file's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the loss every N steps (0: only per epoch).
+    #[arg(long, default_value_t = 50)]
+    log_every: usize,
+}
+
+/// Backends that can run a training step.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// The reference interpreter (f64 plain loops): slow, the oracle for compiled backends.
+    Interp,
+}
+
+/// Trains and prints progress, per-epoch metrics and a final line.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut model = load(&args.model)?;
+    if let Some(b) = args.batch {
+        anyhow::ensure!(b > 0, "--batch must be at least 1");
+        model.training.batch_size = b;
+    }
+    if let Some(e) = args.epochs {
+        anyhow::ensure!(e > 0, "--epochs must be at least 1");
+        model.training.epochs = e;
+    }
+    if let Some(s) = args.seed {
+        model.training.seed = s;
+    }
+    let data = match &args.data {
+        Some(dir) => runtime::load_dir(dir)?,
+        None => runtime::bundled()?,
+    };
+    if let (Some(steps), None) = (args.steps, args.epochs) {
+        // `--steps N` alone means N steps, however many epochs that takes.
+        let per_epoch = data.train.len.div_ceil(model.training.batch_size).max(1);
+        model.training.epochs = model.training.epochs.max(steps.div_ceil(per_epoch));
+    }
+    let t = &model.training;
+    let config = TrainConfig {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        seed: t.seed,
+        max_steps: args.steps,
+        early_stopping: t.early_stopping.as_ref().map(|e| runtime::EarlyStopping {
+            patience: e.patience,
+            min_delta: e.min_delta as f32,
+        }),
+        log_every: args.log_every,
+        show_progress: true,
+    };
+    eprintln!(
+        "training {} on {} with the {} backend: {} epoch(s), batch {}",
+        args.model.display(),
+        data.source,
+        args.backend.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+        config.epochs,
+        config.batch_size
+    );
+    let mut backend = match args.backend {
+        Backend::Interp => InterpreterBackend::new(model.clone())?,
+    };
+    let report = fit(&mut backend, &data, &config, print_event)
+        .with_context(|| format!("training {}", args.model.display()))?;
+    println!(
+        "done: {} steps, {} epoch(s){}, final test loss {:.4}{}",
+        report.steps,
+        report.epochs_run,
+        if report.stopped_early { " (stopped early)" } else { "" },
+        report.final_test_loss,
+        report
+            .final_test_accuracy
+            .map(|a| format!(", test accuracy {:.2}%", 100.0 * a))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_event(event: &TrainEvent) {
+    match event {
+        TrainEvent::Step { step, loss } => println!("step {step:>6}  loss {loss:.4}"),
+        TrainEvent::Epoch { epoch, train_loss, test_loss, test_accuracy, images_per_sec, seconds } => {
+            let acc = test_accuracy.map(|a| format!(", test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+            println!(
+                "epoch {epoch}: train loss {train_loss:.4}, test loss {test_loss:.4}{acc}, {images_per_sec:.0} images/s, {seconds:.1} s"
+            );
+        }
+        TrainEvent::EarlyStop { epoch, best_epoch, best_test_loss } => println!(
+            "early stopping after epoch {epoch}: best test loss {best_test_loss:.4} at epoch {best_epoch}"
+        ),
+        _ => {}
+    }
+}
