@@ -15,6 +15,10 @@ fn forward_and_training_graphs_of_every_example_model() {
         let forward = model.build(2, Mode::Train).unwrap().graph;
         insta::assert_snapshot!(format!("{name}_forward"), text::print(&forward).unwrap());
         let step = training_step(&model, 2).unwrap().graph;
-        insta::assert_snapshot!(format!("{name}_train"), text::print(&step).unwrap());
+        let printed = text::print(&step).unwrap();
+        // Every dump is also a valid input: the text form parses back to the same graph.
+        let reparsed = text::parse(&printed).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(text::print(&reparsed).unwrap(), printed, "{name}: round trip");
+        insta::assert_snapshot!(format!("{name}_train"), printed);
     }
 }

@@ -273,3 +273,51 @@ impl Graph {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Add, Assign, Constant, Input, Relu};
+
+    #[test]
+    fn names_are_made_unique_and_sanitised() {
+        let mut g = Graph::new();
+        let a = g.leaf(Input {}, Shape::new([2]), "x").unwrap();
+        let b = g.add(Relu {}, &[a], "x").unwrap();
+        let c = g.add(Relu {}, &[b], "a b/c").unwrap();
+        assert_eq!(g.node(b).name, "x.1");
+        assert_eq!(g.node(c).name, "a_b_c");
+        assert_eq!(g.rename(c, "x"), "x.2");
+        assert_eq!(g.find("x.2"), Some(c));
+        assert_eq!(g.find("a_b_c"), None);
+    }
+
+    #[test]
+    fn validate_finds_cycles_and_bad_assigns() {
+        let mut g = Graph::new();
+        let x = g.leaf(Input {}, Shape::new([2]), "x").unwrap();
+        let a = g.add(Relu {}, &[x], "a").unwrap();
+        let b = g.add(Add {}, &[a, x], "b").unwrap();
+        g.validate().unwrap();
+        g.replace_operand(a, 0, b);
+        let e = g.validate().unwrap_err();
+        assert!(matches!(&e, IrError::Cycle { node } if node == "a" || node == "b"), "{e}");
+        assert!(e.to_string().contains("cycle"));
+
+        let mut g = Graph::new();
+        let c = g.leaf(Constant { value: 1.0 }, Shape::new([2]), "c").unwrap();
+        let x = g.leaf(Input {}, Shape::new([2]), "x").unwrap();
+        g.add(Assign {}, &[c, x], "bad").unwrap();
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("only parameters and state can be assigned"), "{e}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_node_and_the_shapes() {
+        let mut g = Graph::new();
+        let x = g.leaf(Input {}, Shape::new([2, 3]), "x").unwrap();
+        let y = g.leaf(Input {}, Shape::new([3, 2]), "y").unwrap();
+        let e = g.add(Add {}, &[x, y], "sum").unwrap_err().to_string();
+        assert!(e.contains("`sum` (add)") && e.contains("f32[2,3], f32[3,2]"), "{e}");
+    }
+}

@@ -259,6 +259,7 @@ impl OpSpec for Conv2dGradFilter {
 mod tests {
     use super::*;
     use crate::graph::Graph;
+    use crate::ops::testing::{check_fd, run};
     use crate::ops::{Input, MatMul, Op};
 
     const VALID: Padding = Padding::Mode(PadMode::Valid);
@@ -289,13 +290,6 @@ mod tests {
             let n = dims.iter().product();
             Tensor::new(dims, (0..n).map(|_| self.next()).collect())
         }
-    }
-
-    /// Infers the output shape of `op` and evaluates it.
-    fn run(op: &dyn OpSpec, operands: &[&Tensor]) -> Tensor {
-        let shapes: Vec<&Shape> = operands.iter().map(|t| &t.shape).collect();
-        let out = op.infer(&shapes).unwrap_or_else(|e| panic!("infer: {e}"));
-        op.eval(operands, &out, &EvalCtx::default())
     }
 
     #[test]
@@ -376,21 +370,6 @@ mod tests {
         });
         let padded = run(&conv([2, 1], ex([top, bottom, left, right])), &[&x, &w]);
         assert_eq!(padded, run(&conv([2, 1], VALID), &[&xp, &w]));
-    }
-
-    /// Checks `grad` against central differences of `loss` at `t`, entry by entry.
-    fn check_fd(what: &str, t: &Tensor, grad: &Tensor, loss: impl Fn(&Tensor) -> f64) {
-        assert_eq!(t.shape, grad.shape, "{what}: gradient shape");
-        let h = 1e-6;
-        for i in 0..t.data.len() {
-            let (mut plus, mut minus) = (t.clone(), t.clone());
-            plus.data[i] += h;
-            minus.data[i] -= h;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let g = grad.data[i];
-            let ok = (fd - g).abs() <= 1e-6 * (1.0 + g.abs());
-            assert!(ok, "{what}[{i}]: fd {fd}, grad {g}");
-        }
     }
 
     #[test]

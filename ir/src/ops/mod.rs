@@ -18,6 +18,8 @@ mod pool;
 mod random;
 mod reduce;
 mod shape_ops;
+#[cfg(test)]
+mod testing;
 
 pub use activation::{Maxout, MaxoutGrad, Softmax};
 pub use conv::{Conv2d, Conv2dGradFilter, Conv2dGradInput, PadMode, Padding};

@@ -203,6 +203,7 @@ impl OpSpec for AvgPool2dGrad {
 mod tests {
     use super::*;
     use crate::graph::Graph;
+    use crate::ops::testing::{check_fd, run};
     use crate::ops::{Input, Op};
 
     fn max(size: [usize; 2], stride: [usize; 2]) -> MaxPool2d {
@@ -242,13 +243,6 @@ mod tests {
             }
             Tensor::new(dims, data)
         }
-    }
-
-    /// Infers the output shape of `op` and evaluates it.
-    fn run(op: &dyn OpSpec, operands: &[&Tensor]) -> Tensor {
-        let shapes: Vec<&Shape> = operands.iter().map(|t| &t.shape).collect();
-        let out = op.infer(&shapes).unwrap_or_else(|e| panic!("infer: {e}"));
-        op.eval(operands, &out, &EvalCtx::default())
     }
 
     const X4: [f64; 16] = [
@@ -309,21 +303,6 @@ mod tests {
         assert_eq!(dx.data[5], 40.0 / 9.0);
         assert_eq!(dx.data[0], 4.0 / 9.0);
         assert_eq!(dx.data[15], 16.0 / 9.0);
-    }
-
-    /// Checks `grad` against central differences of `loss` at `t`, entry by entry.
-    fn check_fd(what: &str, t: &Tensor, grad: &Tensor, loss: impl Fn(&Tensor) -> f64) {
-        assert_eq!(t.shape, grad.shape, "{what}: gradient shape");
-        let h = 1e-6;
-        for i in 0..t.data.len() {
-            let (mut plus, mut minus) = (t.clone(), t.clone());
-            plus.data[i] += h;
-            minus.data[i] -= h;
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let g = grad.data[i];
-            let ok = (fd - g).abs() <= 1e-6 * (1.0 + g.abs());
-            assert!(ok, "{what}[{i}]: fd {fd}, grad {g}");
-        }
     }
 
     #[test]
