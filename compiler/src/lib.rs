@@ -11,6 +11,8 @@
 
 pub mod autodiff;
 pub mod interp;
+pub mod kernel;
+pub mod lower;
 pub mod optimizer;
 pub mod step;
 

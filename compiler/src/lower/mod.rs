@@ -1,0 +1,78 @@
+//! Lowering: every graph node becomes zero or more kernels (see [`crate::kernel`]).
+//!
+//! Lowering decides tiling and vectorisation. It is given, for every node, the arena buffer
+//! holding its value ([`Buffers`], from the memory planner) and, for ops that need one, a
+//! scratch buffer of [`scratch_len`] elements (im2col columns, packed matrices).
+//!
+//! Nodes that produce no kernel: leaves (inputs are fed, parameters/state/constants are
+//! initialised in the arena), `reshape` and `output` (the planner gives them their operand's
+//! buffer).
+
+mod dense;
+mod pointwise;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use kiln_ir::{Graph, NodeId, Op};
+
+use crate::kernel::{Buffer, Kernel};
+
+/// Where each node's value lives in the arena.
+pub trait Buffers {
+    /// The buffer holding `node`'s value (`len` = the node's element count).
+    fn of(&self, node: NodeId) -> Buffer;
+}
+
+/// An op that lowering does not handle (a bug in an earlier pass, never user input).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot lower node `{node}` ({op}): {message}")]
+pub struct LowerError {
+    /// The node's name.
+    pub node: String,
+    /// The op's name.
+    pub op: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+/// True for nodes whose value is their first operand's buffer (no kernel, no storage).
+pub fn is_alias(op: &Op) -> bool {
+    matches!(op, Op::Reshape(_) | Op::Output(_))
+}
+
+/// The scratch (in f32 elements) that lowering `node` needs; 0 for most ops.
+pub fn scratch_len(graph: &Graph, node: NodeId) -> usize {
+    dense::scratch_len(graph, node)
+}
+
+/// The kernels computing `node`, in execution order. `scratch` has [`scratch_len`] elements
+/// when that is non-zero.
+pub fn lower(
+    graph: &Graph,
+    node: NodeId,
+    buffers: &dyn Buffers,
+    scratch: Option<&Buffer>,
+) -> Result<Vec<Kernel>, LowerError> {
+    let n = graph.node(node);
+    let out = match &n.op {
+        Op::Input(_) | Op::Parameter(_) | Op::State(_) | Op::Constant(_) => Vec::new(),
+        op if is_alias(op) => Vec::new(),
+        Op::MatMul(_)
+        | Op::Conv2d(_)
+        | Op::Conv2dGradInput(_)
+        | Op::Conv2dGradFilter(_)
+        | Op::MaxPool2d(_)
+        | Op::MaxPool2dGrad(_)
+        | Op::AvgPool2d(_)
+        | Op::AvgPool2dGrad(_) => dense::lower(graph, node, buffers, scratch)?,
+        _ => pointwise::lower(graph, node, buffers)?,
+    };
+    for k in &out {
+        k.check().map_err(|e| LowerError {
+            node: n.name.clone(),
+            op: n.op.name(),
+            message: format!("produced an invalid kernel: {e}"),
+        })?;
+    }
+    Ok(out)
+}
