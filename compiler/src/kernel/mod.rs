@@ -91,7 +91,7 @@ impl Index {
     }
 
     /// `self + other`.
-    pub fn add(self, other: &Index) -> Self {
+    pub fn plus_index(self, other: &Index) -> Self {
         let mut out = self.plus(other.constant);
         for &(v, c) in &other.terms {
             out = out.plus_var(v, c);

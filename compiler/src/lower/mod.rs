@@ -4,9 +4,9 @@
 //! holding its value ([`Buffers`], from the memory planner) and, for ops that need one, a
 //! scratch buffer of [`scratch_len`] elements (im2col columns, packed matrices).
 //!
-//! Nodes that produce no kernel: leaves (inputs are fed, parameters/state/constants are
-//! initialised in the arena), `reshape` and `output` (the planner gives them their operand's
-//! buffer).
+//! Nodes that produce no kernel: inputs (fed by the runtime), parameters and state (initialised
+//! once in the arena), `reshape` and `output` (the planner gives them their operand's buffer).
+//! A constant is a small fill kernel, since its buffer is reused by other programs.
 
 mod dense;
 mod pointwise;
@@ -15,7 +15,7 @@ pub(crate) mod testing;
 
 use kiln_ir::{Graph, NodeId, Op};
 
-use crate::kernel::{Buffer, Kernel};
+use crate::kernel::{Buffer, Expr, Index, Kernel, LoopKind, Stmt};
 
 /// Where each node's value lives in the arena.
 pub trait Buffers {
@@ -45,6 +45,33 @@ pub fn scratch_len(graph: &Graph, node: NodeId) -> usize {
     dense::scratch_len(graph, node)
 }
 
+/// A kernel writing `value` into every element of `buf`.
+fn fill(name: &str, buf: Buffer, value: f32) -> Kernel {
+    let mut k = Kernel::new(name);
+    let len = buf.len;
+    let b = k.buf(buf.name, buf.offset, len);
+    let i = k.var();
+    let store = |lanes: u8, index: Index| Stmt::Store {
+        buf: b,
+        index,
+        value: if lanes == 4 { Expr::c(value).splat() } else { Expr::c(value) },
+    };
+    let vector = len / 4 * 4;
+    if vector > 0 {
+        k.body.push(Stmt::For {
+            var: i,
+            extent: vector,
+            step: 4,
+            kind: LoopKind::Serial,
+            body: vec![store(4, Index::var(i, 1))],
+        });
+    }
+    for t in vector..len {
+        k.body.push(store(1, Index::constant(t as i64)));
+    }
+    k
+}
+
 /// The kernels computing `node`, in execution order. `scratch` has [`scratch_len`] elements
 /// when that is non-zero.
 pub fn lower(
@@ -55,7 +82,8 @@ pub fn lower(
 ) -> Result<Vec<Kernel>, LowerError> {
     let n = graph.node(node);
     let out = match &n.op {
-        Op::Input(_) | Op::Parameter(_) | Op::State(_) | Op::Constant(_) => Vec::new(),
+        Op::Input(_) | Op::Parameter(_) | Op::State(_) => Vec::new(),
+        Op::Constant(c) => vec![fill(&n.name, buffers.of(node), c.value as f32)],
         op if is_alias(op) => Vec::new(),
         Op::MatMul(_)
         | Op::Conv2d(_)

@@ -1,0 +1,316 @@
+//! Convolutions (NHWC input, HWIO filter) as im2col + GEMM.
+//!
+//! The im2col matrix `cols[N*OH*OW, KH*KW*C]` holds, in row `(n, oh, ow)` and column
+//! `(kh, kw, c)`, the input pixel `x[n, oh*sh + kh - top, ow*sw + kw - left, c]` (0 in the
+//! padding). The filter `[KH,KW,C,F]` is the row-major `[KH*KW*C, F]` matrix and the output
+//! `[N,OH,OW,F]` the row-major `[N*OH*OW, F]` matrix, so:
+//! - `conv2d`: `y = cols · w`;
+//! - `conv2d_grad_filter`: `dw = colsᵀ · g`;
+//! - `conv2d_grad_input`: `dcols = g · wᵀ`, then col2im scatter-adds `dcols` into `dx`.
+//!
+//! For each tap `(kh, kw)` (expanded at lowering time) the rows whose pixel lies inside the
+//! image form a rectangle of `(oh, ow)` computed statically, so no access needs a guard; the
+//! im2col of that tap writes the rectangle with copies and its complement (up to four bands)
+//! with zeros, so every element of `cols` is written exactly once.
+
+use std::ops::Range;
+
+use kiln_ir::ops::Padding;
+use kiln_ir::Shape;
+
+use super::gemm::{partials_len, transpose, Gemm, View};
+use super::{affine, looped, parallel_kernel, vectorised, zero};
+use crate::kernel::{BufId, Buffer, Expr, Index, Kernel, LoopKind, Stmt};
+
+/// The sizes of one convolution.
+#[derive(Clone, Debug)]
+pub(super) struct Geo {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    f: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    /// `[top, bottom, left, right]`.
+    pad: [usize; 4],
+}
+
+/// The outputs `o` in `0..out` whose input `o*stride + tap - pad` is in `0..input`.
+fn valid(out: usize, input: usize, stride: usize, tap: usize, pad: usize) -> Range<usize> {
+    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
+    let hi = if input + pad > tap { (input + pad - tap - 1) / stride + 1 } else { 0 };
+    let lo = lo.min(out);
+    lo..hi.min(out).max(lo)
+}
+
+/// `f(a, b)` over the rectangle `rows x cols`.
+fn rect(
+    k: &mut Kernel,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    f: impl Fn(&mut Kernel, &Index, &Index) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    if cols.is_empty() {
+        return Vec::new();
+    }
+    looped(k, rows.len(), 1, LoopKind::Serial, |k, a| {
+        let a = a.plus(rows.start as i64);
+        looped(k, cols.len(), 1, LoopKind::Serial, |k, b| f(k, &a, &b.plus(cols.start as i64)))
+    })
+}
+
+impl Geo {
+    /// The convolution of an input of shape `x` with a filter of shape `w`.
+    pub fn new(x: &Shape, w: &Shape, stride: [usize; 2], pad: Padding) -> Self {
+        let ([n, h, wd, c], [kh, kw, _, f]) = (dims4(x), dims4(w));
+        let pad = pad.resolve([h, wd], [kh, kw], stride);
+        let oh = (h + pad[0] + pad[1] - kh) / stride[0] + 1;
+        let ow = (wd + pad[2] + pad[3] - kw) / stride[1] + 1;
+        Geo { n, h, w: wd, c, kh, kw, f, oh, ow, sh: stride[0], sw: stride[1], pad }
+    }
+
+    /// Rows of the im2col matrix.
+    fn rows(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+
+    /// Columns of the im2col matrix (taps times channels).
+    fn taps(&self) -> usize {
+        self.kh * self.kw * self.c
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding: the input is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pad == [0; 4]
+    }
+
+    fn cols_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.rows() * self.taps()
+        }
+    }
+
+    /// Scratch of `conv2d`: the im2col matrix, then the GEMM's partial products.
+    pub fn scratch_fwd(&self) -> usize {
+        self.cols_len() + partials_len(self.rows(), self.f, self.taps())
+    }
+
+    /// Scratch of `conv2d_grad_filter`: the im2col matrix, then the GEMM's partial products.
+    pub fn scratch_grad_filter(&self) -> usize {
+        self.cols_len() + partials_len(self.taps(), self.f, self.rows())
+    }
+
+    /// Scratch of `conv2d_grad_input`: the packed `wᵀ`, `dcols`, then the GEMM's partial
+    /// products.
+    pub fn scratch_grad_input(&self) -> usize {
+        self.f * self.taps() + self.cols_len() + partials_len(self.rows(), self.taps(), self.f)
+    }
+
+    /// The taps `(kh, kw)` with the valid rectangle of `(oh, ow)` of each.
+    fn each_tap(&self) -> impl Iterator<Item = (usize, usize, Range<usize>, Range<usize>)> + '_ {
+        (0..self.kh).flat_map(move |i| {
+            (0..self.kw).map(move |j| {
+                let rows = valid(self.oh, self.h, self.sh, i, self.pad[0]);
+                let cols = valid(self.ow, self.w, self.sw, j, self.pad[2]);
+                (i, j, rows, cols)
+            })
+        })
+    }
+
+    /// The im2col offset of row `(n, oh, ow)`, column `(tap, 0)`.
+    fn col_at(&self, n: &Index, oh: &Index, ow: &Index, tap: usize) -> Index {
+        let row = self.taps();
+        affine(
+            &[(n, self.oh * self.ow * row), (oh, self.ow * row), (ow, row)],
+            (tap * self.c) as i64,
+        )
+    }
+
+    /// The input offset of the pixel that tap `(i, j)` of output `(n, oh, ow)` reads, channel 0.
+    fn x_at(&self, n: &Index, oh: &Index, ow: &Index, i: usize, j: usize) -> Index {
+        let (row, px) = (self.w * self.c, self.c as i64);
+        let constant =
+            (i as i64 - self.pad[0] as i64) * row as i64 + (j as i64 - self.pad[2] as i64) * px;
+        affine(&[(n, self.h * row), (oh, self.sh * row), (ow, self.sw * self.c)], constant)
+    }
+
+    /// The im2col kernel: parallel over images; per tap, copies of the valid rectangle
+    /// (f32x4 over channels) and zeros in the rest.
+    fn im2col(&self, name: &str, x: &Buffer, cols: &Buffer) -> Kernel {
+        parallel_kernel(format!("{name}.im2col"), &[x, cols], self.n, 1, |k, ids, n| {
+            let (xb, cb) = (ids[0], ids[1]);
+            let mut out = Vec::new();
+            for (i, j, rows, cs) in self.each_tap() {
+                let tap = i * self.kw + j;
+                let zeros = |k: &mut Kernel, oh: &Index, ow: &Index| {
+                    let at = self.col_at(&n, oh, ow, tap);
+                    vectorised(k, self.c, |_, c, lanes| {
+                        vec![Stmt::Store {
+                            buf: cb,
+                            index: at.clone().plus_index(&c),
+                            value: zero(lanes),
+                        }]
+                    })
+                };
+                let all = 0..self.ow;
+                out.extend(rect(k, 0..rows.start, all.clone(), zeros));
+                out.extend(rect(k, rows.end..self.oh, all, zeros));
+                out.extend(rect(k, rows.clone(), 0..cs.start, zeros));
+                out.extend(rect(k, rows.clone(), cs.end..self.ow, zeros));
+                out.extend(rect(k, rows, cs, |k, oh, ow| {
+                    let (dst, src) = (self.col_at(&n, oh, ow, tap), self.x_at(&n, oh, ow, i, j));
+                    vectorised(k, self.c, |_, c, lanes| {
+                        let value = Expr::load(xb, src.clone().plus_index(&c), lanes);
+                        vec![Stmt::Store { buf: cb, index: dst.clone().plus_index(&c), value }]
+                    })
+                }));
+            }
+            out
+        })
+    }
+
+    /// The col2im kernel: `dx = 0`, then `dx[pixel of (row, tap)] += dcols[row, tap]` over the
+    /// valid rectangles, parallel over images (their `dx` are disjoint), serial inside.
+    fn col2im(&self, name: &str, dcols: &Buffer, dx: &Buffer) -> Kernel {
+        parallel_kernel(format!("{name}.col2im"), &[dcols, dx], self.n, 1, |k, ids, n| {
+            let (cb, xb): (BufId, BufId) = (ids[0], ids[1]);
+            let image = self.h * self.w * self.c;
+            let base = affine(&[(&n, image)], 0);
+            let mut out = vectorised(k, image, |_, e, lanes| {
+                vec![Stmt::Store {
+                    buf: xb,
+                    index: base.clone().plus_index(&e),
+                    value: zero(lanes),
+                }]
+            });
+            for (i, j, rows, cs) in self.each_tap() {
+                let tap = i * self.kw + j;
+                out.extend(rect(k, rows, cs, |k, oh, ow| {
+                    let (src, dst) = (self.col_at(&n, oh, ow, tap), self.x_at(&n, oh, ow, i, j));
+                    vectorised(k, self.c, |_, c, lanes| {
+                        let d = dst.clone().plus_index(&c);
+                        let value = Expr::load(xb, d.clone(), lanes).bin(
+                            crate::kernel::Binary::Add,
+                            Expr::load(cb, src.clone().plus_index(&c), lanes),
+                        );
+                        vec![Stmt::Store { buf: xb, index: d, value }]
+                    })
+                }));
+            }
+            out
+        })
+    }
+
+    /// `conv2d(x, w) -> y`: im2col (unless pointwise), then `y = cols · w`.
+    pub fn conv(
+        &self,
+        name: &str,
+        x: &Buffer,
+        w: &Buffer,
+        y: &Buffer,
+        part: impl Fn(&str, usize, usize) -> Buffer,
+    ) -> Vec<Kernel> {
+        let mut out = Vec::new();
+        let a = if self.pointwise() {
+            x.clone()
+        } else {
+            let cols = part("cols", 0, self.cols_len());
+            out.push(self.im2col(name, x, &cols));
+            cols
+        };
+        let plen = partials_len(self.rows(), self.f, self.taps());
+        let g = Gemm {
+            name: format!("{name}.gemm"),
+            m: self.rows(),
+            n: self.f,
+            k: self.taps(),
+            a: View::rows(&a, self.taps()),
+            b: View::rows(w, self.f),
+            c: View::rows(y, self.f),
+            partials: (plen > 0).then(|| part("partials", self.cols_len(), plen)),
+        };
+        out.extend(g.kernels());
+        out
+    }
+
+    /// `conv2d_grad_filter(x, g) -> dw`: im2col (unless pointwise), then `dw = colsᵀ · g`.
+    pub fn grad_filter(
+        &self,
+        name: &str,
+        x: &Buffer,
+        g: &Buffer,
+        dw: &Buffer,
+        part: impl Fn(&str, usize, usize) -> Buffer,
+    ) -> Vec<Kernel> {
+        let mut out = Vec::new();
+        let a = if self.pointwise() {
+            x.clone()
+        } else {
+            let cols = part("cols", 0, self.cols_len());
+            out.push(self.im2col(name, x, &cols));
+            cols
+        };
+        let plen = partials_len(self.taps(), self.f, self.rows());
+        let gemm = Gemm {
+            name: format!("{name}.gemm"),
+            m: self.taps(),
+            n: self.f,
+            k: self.rows(),
+            a: View::transposed(&a, self.taps()),
+            b: View::rows(g, self.f),
+            c: View::rows(dw, self.f),
+            partials: (plen > 0).then(|| part("partials", self.cols_len(), plen)),
+        };
+        out.extend(gemm.kernels());
+        out
+    }
+
+    /// `conv2d_grad_input(g, w) -> dx`: pack `wᵀ`, `dcols = g · wᵀ`, then col2im (when
+    /// pointwise, `dx` is `dcols`).
+    pub fn grad_input(
+        &self,
+        name: &str,
+        g: &Buffer,
+        w: &Buffer,
+        dx: &Buffer,
+        part: impl Fn(&str, usize, usize) -> Buffer,
+    ) -> Vec<Kernel> {
+        let taps = self.taps();
+        let packed = part("packed_w", 0, self.f * taps);
+        let mut out: Vec<Kernel> =
+            transpose(format!("{name}.pack_w"), w, taps, self.f, &packed).into_iter().collect();
+        let dcols = if self.pointwise() {
+            dx.clone()
+        } else {
+            part("dcols", self.f * taps, self.cols_len())
+        };
+        let plen = partials_len(self.rows(), taps, self.f);
+        let at = self.f * taps + self.cols_len();
+        let gemm = Gemm {
+            name: format!("{name}.gemm"),
+            m: self.rows(),
+            n: taps,
+            k: self.f,
+            a: View::rows(g, self.f),
+            b: View::rows(&packed, taps),
+            c: View::rows(&dcols, taps),
+            partials: (plen > 0).then(|| part("partials", at, plen)),
+        };
+        out.extend(gemm.kernels());
+        if !self.pointwise() {
+            out.push(self.col2im(name, &dcols, dx));
+        }
+        out
+    }
+}
+
+fn dims4(s: &Shape) -> [usize; 4] {
+    s.dims().try_into().expect("shape inference checked a 4-D shape")
+}

@@ -1,0 +1,182 @@
+//! Losses (a scalar mean each), their elementwise gradients and one-hot encoding.
+
+use kiln_ir::ops::BCE_EPS;
+
+use super::nest::{
+    affine, declare, for_loop, nest, set, splat_const, store, sum_run, Map, PAR_MIN,
+};
+use super::Cx;
+use crate::kernel::{Binary, Cmp, Expr, Index, Kernel, LoopKind, Unary};
+
+/// The smallest f32 that is `>= x` (x > 0).
+fn f32_at_least(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) < x {
+        f32::from_bits(f.to_bits() + 1)
+    } else {
+        f
+    }
+}
+
+/// The largest f32 that is `<= x` (x > 0).
+fn f32_at_most(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) > x {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    }
+}
+
+/// The clip range `[BCE_EPS, 1 - BCE_EPS]` in f32: an f32 `p` is inside it exactly when
+/// `lo <= p <= hi`.
+pub(super) fn bce_range() -> (f32, f32) {
+    (f32_at_least(BCE_EPS), f32_at_most(1.0 - BCE_EPS))
+}
+
+/// `one_hot{classes}(labels [N])`: per label (parallel over labels when large),
+/// `y[c] = c == label ? 1 : 0` for every class (labels outside the classes or not integers
+/// match none, as in the reference).
+pub(super) fn one_hot(cx: &Cx<'_>) -> Vec<Kernel> {
+    let n = cx.shape(0).numel();
+    let classes = cx.out_shape().dim(1);
+    if n * classes == 0 {
+        return Vec::new();
+    }
+    let mut k = Kernel::new(cx.name());
+    let l = declare(&mut k, &cx.input(0));
+    let y = declare(&mut k, &cx.out());
+    let dims: &[usize] = if n > 1 { &[n] } else { &[] };
+    let parallel = n > 1 && n * classes >= PAR_MIN;
+    k.body = nest(&mut k, dims, parallel, |k, vars| {
+        let label = k.reg("label", 1, 1);
+        let c = k.var();
+        let value = Expr::select(
+            Cmp::Eq,
+            Expr::IndexValue(Index::var(c, 1)),
+            Expr::reg(label),
+            Expr::c(1.0),
+            Expr::c(0.0),
+        );
+        let at = affine(0, &[classes as i64], vars).plus_var(c, 1);
+        vec![
+            set(label, Expr::load(l, affine(0, &[1], vars), 1)),
+            for_loop(c, classes, 1, LoopKind::Serial, vec![store(y, at, value)]),
+        ]
+    });
+    vec![k]
+}
+
+/// `softmax_cross_entropy(logits [N, C], labels [N])`: one serial kernel. Per row, in row
+/// order: one scalar pass for the maximum and `x[label]` (a select on `c == label`), the
+/// exp-sum as a fixed-order row sum, then `total += (max + log sum) - x[label]`; finally
+/// `y = total / N`.
+pub(super) fn softmax_cross_entropy(cx: &Cx<'_>) -> Vec<Kernel> {
+    let (n, c) = (cx.shape(0).dim(0), cx.shape(0).dim(1));
+    let mut k = Kernel::new(cx.name());
+    let x = declare(&mut k, &cx.input(0));
+    let l = declare(&mut k, &cx.input(1));
+    let y = declare(&mut k, &cx.out());
+    let total = k.reg("total", 1, 1);
+    let mut body = vec![set(total, Expr::c(0.0))];
+    if n > 0 && c > 0 {
+        let (label, max, max4, picked) =
+            (k.reg("label", 1, 1), k.reg("max", 1, 1), k.reg("max_v", 4, 1), k.reg("picked", 1, 1));
+        let r = k.var();
+        let base = Index::var(r, c as i64);
+        let j = k.var();
+        let v = Expr::load(x, base.clone().plus_var(j, 1), 1);
+        let pick = Expr::select(
+            Cmp::Eq,
+            Expr::IndexValue(Index::var(j, 1)),
+            Expr::reg(label),
+            v.clone(),
+            Expr::reg(picked),
+        );
+        let mut row = vec![
+            set(label, Expr::load(l, Index::var(r, 1), 1)),
+            set(max, Expr::c(f32::NEG_INFINITY)),
+            set(picked, Expr::c(0.0)),
+            for_loop(
+                j,
+                c,
+                1,
+                LoopKind::Serial,
+                vec![set(picked, pick), set(max, v.bin(Binary::Max, Expr::reg(max)))],
+            ),
+            set(max4, Expr::reg(max).splat()),
+        ];
+        let (sum_stmts, sum) = sum_run(&mut k, c, &mut |_, i, lanes| {
+            let m = if lanes == 4 { Expr::reg(max4) } else { Expr::reg(max) };
+            let e =
+                Expr::load(x, base.clone().plus_index(i), lanes).bin(Binary::Sub, m).un(Unary::Exp);
+            (Vec::new(), e)
+        });
+        row.extend(sum_stmts);
+        let lse = Expr::reg(max).bin(Binary::Add, Expr::reg(sum).un(Unary::Log));
+        let loss = lse.bin(Binary::Sub, Expr::reg(picked));
+        row.push(set(total, Expr::reg(total).bin(Binary::Add, loss)));
+        body.push(for_loop(r, n, 1, LoopKind::Serial, row));
+    }
+    let mean = Expr::reg(total).bin(Binary::Div, Expr::c(n as f32));
+    body.push(store(y, Index::constant(0), mean));
+    k.body = body;
+    vec![k]
+}
+
+/// A serial kernel storing `(negate ? -1 : 1) * Σ term(p, t) / numel` (a fixed-order sum).
+fn mean_of(cx: &Cx<'_>, negate: bool, term: &dyn Fn(Expr, Expr, u8) -> Expr) -> Vec<Kernel> {
+    let n = cx.shape(0).numel();
+    let mut k = Kernel::new(cx.name());
+    let p = declare(&mut k, &cx.input(0));
+    let t = declare(&mut k, &cx.input(1));
+    let y = declare(&mut k, &cx.out());
+    let (mut body, sum) = sum_run(&mut k, n, &mut |_, i, lanes| {
+        (Vec::new(), term(Expr::load(p, i.clone(), lanes), Expr::load(t, i.clone(), lanes), lanes))
+    });
+    let total = if negate { Expr::reg(sum).un(Unary::Neg) } else { Expr::reg(sum) };
+    body.push(store(y, Index::constant(0), total.bin(Binary::Div, Expr::c(n as f32))));
+    k.body = body;
+    vec![k]
+}
+
+/// `mse(p, t)`: mean of `(p - t)^2`.
+pub(super) fn mse(cx: &Cx<'_>) -> Vec<Kernel> {
+    mean_of(cx, false, &|p, t, _| {
+        let d = p.bin(Binary::Sub, t);
+        d.clone().bin(Binary::Mul, d)
+    })
+}
+
+/// `binary_cross_entropy(p, t)`: mean of `-(t log p + (1 - t) log(1 - p))`, `p` and `1 - p`
+/// clipped to the f32 clip range (NaN passes through).
+pub(super) fn binary_cross_entropy(cx: &Cx<'_>) -> Vec<Kernel> {
+    let (lo, hi) = bce_range();
+    mean_of(cx, true, &|p, t, lanes| {
+        let c = |v: f32| splat_const(v, lanes);
+        // max(lo, min(hi, v)) keeps a NaN `v`.
+        let clip = |v: Expr| c(lo).bin(Binary::Max, c(hi).bin(Binary::Min, v));
+        let log_p = clip(p.clone()).un(Unary::Log);
+        let log_q = clip(c(1.0).bin(Binary::Sub, p)).un(Unary::Log);
+        let not_t = c(1.0).bin(Binary::Sub, t.clone());
+        t.bin(Binary::Mul, log_p).bin(Binary::Add, not_t.bin(Binary::Mul, log_q))
+    })
+}
+
+/// `binary_cross_entropy_grad(p, t)`: `(p - t) / (p (1 - p)) / numel` inside the clip range,
+/// 0 outside (and for NaN), as a flat map.
+pub(super) fn binary_cross_entropy_grad(cx: &Cx<'_>) -> Vec<Kernel> {
+    let n = cx.out_shape().numel();
+    let (lo, hi) = bce_range();
+    let mut m = Map::dense(cx.name(), cx.out(), &[n]);
+    m.operand(cx, 0, &[1]).operand(cx, 1, &[1]);
+    m.emit(&|_, s, _, lanes| {
+        let c = |v: f32| splat_const(v, lanes);
+        let (p, t) = (s[0].clone(), s[1].clone());
+        let den = p.clone().bin(Binary::Mul, c(1.0).bin(Binary::Sub, p.clone()));
+        let value =
+            p.clone().bin(Binary::Sub, t).bin(Binary::Div, den).bin(Binary::Div, c(n as f32));
+        let inside = Expr::select(Cmp::Ge, c(hi), p.clone(), value, c(0.0));
+        Expr::select(Cmp::Ge, p, c(lo), inside, c(0.0))
+    })
+}
