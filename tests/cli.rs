@@ -144,3 +144,51 @@ fn interpreter_training_lowers_the_mlp_loss_on_bundled_data() {
         .expect("a test accuracy");
     assert!(acc > 80.0, "test accuracy {acc}% after 300 steps\n{text}");
 }
+
+#[test]
+fn jit_training_reaches_the_interpreters_accuracy_on_bundled_data() {
+    let out = kiln(&["train", "examples/models/mlp.json", "--steps", "300", "--log-every", "100"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(stderr(&out).contains("with the jit backend"), "{}", stderr(&out));
+    let acc: f32 = text
+        .split("test accuracy ")
+        .last()
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a test accuracy");
+    assert!(acc > 85.0, "test accuracy {acc}% after 300 steps\n{text}");
+}
+
+#[test]
+fn dump_shows_memory_kernels_and_clif() {
+    let out = kiln(&["dump", "examples/models/lenet5.json", "--stage", "memory", "--batch", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("arena: ") && text.contains("conv2d_1.kernel"), "{text}");
+
+    let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "kernels", "--batch", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("kernel dense_1 {") && text.contains("fma("), "{text}");
+
+    let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "clif", "--batch", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("function %kiln_k") && text.contains(" fma "),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+}
+
+#[test]
+fn bench_prints_a_json_line() {
+    let out = kiln(&["bench", "examples/models/mlp.json", "--steps", "10", "--batch", "16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    for key in ["compile_ms", "images_per_sec", "arena_mb", "start_to_first_step_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {line}");
+    }
+}

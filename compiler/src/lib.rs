@@ -10,10 +10,13 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+pub mod codegen;
 pub mod interp;
 pub mod kernel;
 pub mod lower;
+pub mod memory;
 pub mod optimizer;
+pub mod program;
 pub mod step;
 
 use kiln_ir::model::ModelError;
@@ -41,6 +44,12 @@ pub enum CompileError {
         /// The shape fed.
         got: Shape,
     },
+    /// Lowering a node to kernels failed (a bug in an earlier pass).
+    #[error(transparent)]
+    Lower(#[from] crate::lower::LowerError),
+    /// Cranelift rejected a kernel (a bug in code generation).
+    #[error("code generation: {0}")]
+    Codegen(String),
     /// A parameter or state has no value.
     #[error("variable `{0}` has no value")]
     MissingVariable(String),

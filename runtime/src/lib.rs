@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod dataset;
 pub mod error;
+pub mod exec;
 pub mod idx;
 pub mod train;
 

@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use kiln::compiler::codegen::clif_text;
+use kiln::compiler::kernel::print::print as print_kernel;
+use kiln::compiler::memory::{describe, Persistent};
+use kiln::compiler::program::build;
 use kiln::compiler::step::training_step;
 use kiln::ir::model::Mode;
 use kiln::ir::{text, Graph};
@@ -33,6 +37,12 @@ enum Stage {
     Graph,
     /// The whole training step: forward, loss, gradients and optimizer updates.
     Train,
+    /// The training step's memory plan: the arena's regions and every buffer.
+    Memory,
+    /// The training step's kernels (loop nests).
+    Kernels,
+    /// The Cranelift IR of the training step's kernels.
+    Clif,
 }
 
 /// Prints the requested stage.
@@ -43,6 +53,25 @@ pub fn run(args: DumpArgs) -> Result<()> {
     let graph: Graph = match args.stage {
         Stage::Graph => model.build(batch, Mode::Train)?.graph,
         Stage::Train => training_step(&model, batch)?.graph,
+        Stage::Memory | Stage::Kernels | Stage::Clif => {
+            let tg = training_step(&model, batch)?;
+            let mut persistent = Persistent::default();
+            persistent.add_from(&tg.graph);
+            let p = build(&tg.graph, tg.input, tg.labels, tg.loss, tg.prediction, &persistent)?;
+            let out = match args.stage {
+                Stage::Memory => describe(&tg.graph, &p.order, &p.plan, &persistent),
+                Stage::Kernels => p.kernels.iter().map(print_kernel).collect::<Vec<_>>().join("\n"),
+                _ => p
+                    .kernels
+                    .iter()
+                    .map(clif_text)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .join("\n"),
+            };
+            print!("{out}");
+            return Ok(());
+        }
     };
     let out = match args.format {
         Format::Text => text::print(&graph)?,

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and their dispatch. Every error reaching `main` is printed
 //! as one message and exits with status 2.
 
+mod bench;
 mod dump;
 mod train;
 
@@ -34,6 +35,8 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Train a model.
     Train(train::TrainArgs),
+    /// Measure compile time, training throughput and memory of the compiled training step.
+    Bench(bench::BenchArgs),
 }
 
 /// Output formats of `kiln dump`.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Dump(args) => dump::run(args),
         Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

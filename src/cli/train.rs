@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use kiln::backend::InterpreterBackend;
-use kiln::runtime::{self, fit, TrainConfig, TrainEvent};
+use kiln::backend::{InterpreterBackend, JitBackend};
+use kiln::runtime::{self, fit, StepBackend, TrainConfig, TrainEvent};
 
 use super::load;
 
@@ -15,8 +15,11 @@ pub struct TrainArgs {
     /// The model file (JSON).
     model: PathBuf,
     /// Which backend runs the training step.
-    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    #[arg(long, value_enum, default_value_t = Backend::Jit)]
     backend: Backend,
+    /// Threads for the compiled kernels (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// A directory with MNIST-format IDX files (train-images-idx3-ubyte[.gz], …); default: the
     /// bundled 5,000/1,000-image MNIST subset.
     #[arg(long)]
@@ -42,8 +45,15 @@ pub struct TrainArgs {
 /// Backends that can run a training step.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
+    /// Native kernels generated with Cranelift.
+    Jit,
     /// The reference interpreter (f64 plain loops): slow, the oracle for compiled backends.
     Interp,
+}
+
+/// The number of threads to use: the flag, or every core.
+pub fn threads(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
 }
 
 /// Trains and prints progress, per-epoch metrics and a final line.
@@ -90,10 +100,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.epochs,
         config.batch_size
     );
-    let mut backend = match args.backend {
-        Backend::Interp => InterpreterBackend::new(model.clone())?,
+    let mut backend: Box<dyn StepBackend> = match args.backend {
+        Backend::Jit => {
+            let b = JitBackend::new(model.clone(), threads(args.threads))?;
+            let s = b.stats();
+            eprintln!(
+                "compiled {} kernels in {:.1} ms (graph and lowering {:.1} ms, Cranelift {:.1} ms); arena {:.1} MB",
+                s.kernels,
+                s.lower_ms + s.codegen_ms,
+                s.lower_ms,
+                s.codegen_ms,
+                s.arena_len as f64 * 4.0 / 1e6
+            );
+            Box::new(b)
+        }
+        Backend::Interp => Box::new(InterpreterBackend::new(model.clone())?),
     };
-    let report = fit(&mut backend, &data, &config, print_event)
+    let report = fit(backend.as_mut(), &data, &config, print_event)
         .with_context(|| format!("training {}", args.model.display()))?;
     println!(
         "done: {} steps, {} epoch(s){}, final test loss {:.4}{}",
