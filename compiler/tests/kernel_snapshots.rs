@@ -6,9 +6,7 @@ use kiln_compiler::kernel::print::print;
 use kiln_compiler::kernel::Kernel;
 use kiln_compiler::lower::lower;
 use kiln_compiler::memory::{plan, Persistent};
-use kiln_ir::ops::{
-    Conv2d, Input, MatMul, MaxPool2d, PadMode, Padding, Relu, SoftmaxCrossEntropy,
-};
+use kiln_ir::ops::{Conv2d, Input, MatMul, MaxPool2d, PadMode, Padding, Relu, SoftmaxCrossEntropy};
 use kiln_ir::{Graph, Op, Shape};
 
 /// The kernels of `op` applied to inputs of the given shapes.
