@@ -23,6 +23,8 @@
 //! [`Model::build`] lowers the model to a [`Graph`] (see [`LossGraph`] for its conventions).
 
 mod build;
+mod builder;
+pub use builder::*;
 mod de;
 mod error;
 mod layers;
