@@ -3,12 +3,14 @@
 //! - [`idx`]: read and write MNIST-format IDX files, raw or gzip-compressed.
 //! - [`dataset`]: in-memory datasets, loaded from a directory or from the bundled MNIST subset.
 //! - [`batch`]: shuffled, reproducible mini-batches.
+//! - [`checkpoint`]: save and load parameters and optimizer state (safetensors, atomic writes).
 //! - [`train`]: the backend-agnostic training loop ([`fit`]) and the [`StepBackend`] trait.
 //!
 //! This crate depends on no other kiln crate: backends implement [`StepBackend`].
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod checkpoint;
 pub mod dataset;
 pub mod error;
 pub mod exec;
@@ -16,6 +18,7 @@ pub mod idx;
 pub mod train;
 
 pub use batch::{Batch, BatchError, Batcher};
+pub use checkpoint::{Checkpoint, CheckpointError, Checkpointable};
 pub use dataset::{bundled, load_dir, DataSplit, Dataset};
 pub use error::DataError;
 pub use idx::{read_idx, write_idx_gz, IdxArray};

@@ -7,7 +7,10 @@ use kiln_compiler::step::{evaluation, training_step, TrainGraph};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, LossGraph, Model};
 use kiln_ir::{EvalCtx, NodeId, Shape, Tensor};
-use kiln_runtime::{BackendError, Batch, EvalOutput, StepBackend};
+use kiln_runtime::checkpoint::check_compatible;
+use kiln_runtime::{
+    BackendError, Batch, Checkpoint, CheckpointError, Checkpointable, EvalOutput, StepBackend,
+};
 
 /// Trains a model with the reference interpreter: slow, f64, obviously correct.
 ///
@@ -107,6 +110,36 @@ impl StepBackend for InterpreterBackend {
             _ => None,
         };
         Ok(EvalOutput { loss, correct })
+    }
+}
+
+/// Checkpoints hold f32 values: saving rounds the interpreter's f64 variables to f32.
+impl Checkpointable for InterpreterBackend {
+    fn checkpoint(&self) -> Checkpoint {
+        let tensors = self
+            .vars
+            .names()
+            .into_iter()
+            .map(|name| {
+                let t = self.vars.get(name).expect("a listed variable");
+                let values = t.data.iter().map(|&v| v as f32).collect();
+                (name.to_string(), t.shape.dims().to_vec(), values)
+            })
+            .collect();
+        Checkpoint { model: self.model.name.clone(), step: self.step, epoch: 0, tensors }
+    }
+
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let names = self.vars.names();
+        let shapes =
+            names.iter().map(|&n| (n, self.vars.get(n).expect("a listed variable").shape.dims()));
+        check_compatible(checkpoint, &self.model.name, shapes)?;
+        for (name, shape, values) in &checkpoint.tensors {
+            let data = values.iter().map(|&v| f64::from(v)).collect();
+            self.vars.set(name, Tensor::new(Shape(shape.clone()), data));
+        }
+        self.step = checkpoint.step;
+        Ok(())
     }
 }
 

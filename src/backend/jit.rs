@@ -5,7 +5,7 @@
 //! persistent region of the arena (parameters and optimizer state) and the values region,
 //! which is as large as the largest program needs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use kiln_compiler::codegen::{compile, CompiledKernels};
@@ -14,8 +14,11 @@ use kiln_compiler::program::{build, initial_persistent, Program};
 use kiln_compiler::step::{evaluation, training_step};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, Model};
+use kiln_runtime::checkpoint::check_compatible;
 use kiln_runtime::exec::{run_kernels, KernelCall, Pool};
-use kiln_runtime::{BackendError, Batch, EvalOutput, StepBackend};
+use kiln_runtime::{
+    BackendError, Batch, Checkpoint, CheckpointError, Checkpointable, EvalOutput, StepBackend,
+};
 
 /// A program and its compiled kernels.
 struct Compiled {
@@ -48,6 +51,8 @@ pub struct JitBackend {
     pool: Pool,
     step: u64,
     stats: JitStats,
+    /// The shape of every persistent buffer, for checkpoints.
+    shapes: BTreeMap<String, Vec<usize>>,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> BackendError {
@@ -64,6 +69,14 @@ impl JitBackend {
         let mut persistent = Persistent::default();
         persistent.add_from(&first.graph);
         let arena = initial_persistent(&[&first.graph], &persistent);
+        let shapes = first
+            .graph
+            .node_ids()
+            .into_iter()
+            .map(|id| first.graph.node(id))
+            .filter(|n| persistent.buffers.contains_key(&n.name))
+            .map(|n| (n.name.clone(), n.shape.dims().to_vec()))
+            .collect();
         let mut backend = JitBackend {
             model,
             persistent,
@@ -73,6 +86,7 @@ impl JitBackend {
             pool: Pool::new(threads),
             step: 0,
             stats: JitStats::default(),
+            shapes,
         };
         backend.stats.lower_ms += start.elapsed().as_secs_f64() * 1e3;
         backend.compile_train(batch)?;
@@ -227,6 +241,32 @@ impl StepBackend for JitBackend {
             _ => None,
         };
         Ok(EvalOutput { loss, correct })
+    }
+}
+
+impl Checkpointable for JitBackend {
+    fn checkpoint(&self) -> Checkpoint {
+        let tensors = self
+            .persistent
+            .buffers
+            .iter()
+            .map(|(name, b)| {
+                let values = self.arena[b.offset..b.offset + b.len].to_vec();
+                (name.clone(), self.shapes[name].clone(), values)
+            })
+            .collect();
+        Checkpoint { model: self.model.name.clone(), step: self.step, epoch: 0, tensors }
+    }
+
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let shapes = self.shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice()));
+        check_compatible(checkpoint, &self.model.name, shapes)?;
+        for (name, _, values) in &checkpoint.tensors {
+            let b = &self.persistent.buffers[name];
+            self.arena[b.offset..b.offset + b.len].copy_from_slice(values);
+        }
+        self.step = checkpoint.step;
+        Ok(())
     }
 }
 

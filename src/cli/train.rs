@@ -1,11 +1,14 @@
 //! `kiln train`: train a model on the bundled MNIST subset or a data directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kiln::backend::{InterpreterBackend, JitBackend};
-use kiln::runtime::{self, fit, StepBackend, TrainConfig, TrainEvent};
+use kiln::runtime::checkpoint::{self, Checkpointable};
+use kiln::runtime::{
+    self, fit, BackendError, Batch, EvalOutput, StepBackend, TrainConfig, TrainEvent,
+};
 
 use super::load;
 
@@ -40,6 +43,70 @@ pub struct TrainArgs {
     /// Print the loss every N steps (0: only per epoch).
     #[arg(long, default_value_t = 50)]
     log_every: usize,
+    /// Save the parameters, optimizer state and step counter to FILE (safetensors) after every
+    /// epoch and at the end; each save atomically replaces the file.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Start from a checkpoint of the same model saved with --checkpoint: restores the
+    /// parameters, optimizer state and step counter, then trains the requested epochs/steps
+    /// (counted afresh, shuffling as from epoch 1); the epoch count in later checkpoints
+    /// continues from the resumed one.
+    #[arg(long, value_name = "FILE")]
+    resume: Option<PathBuf>,
+}
+
+/// A checkpoint error as one message: its text already includes the I/O error it wraps.
+fn flat(e: checkpoint::CheckpointError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// A backend that can also be checkpointed.
+trait TrainBackend: StepBackend + Checkpointable {}
+
+impl<T: StepBackend + Checkpointable> TrainBackend for T {}
+
+/// Wraps a backend to save a checkpoint at the end of every epoch: `fit` evaluates the test
+/// set right after an epoch's last training step, so the first evaluation after training
+/// marks an epoch boundary (evaluation changes neither the parameters nor the step counter).
+struct Checkpointing<'a> {
+    inner: &'a mut dyn TrainBackend,
+    path: Option<&'a Path>,
+    /// Epochs completed, counting those of a resumed checkpoint.
+    epoch: u64,
+    trained_since_save: bool,
+    /// Why a save during training failed (reported as is instead of as a backend error).
+    failed: Option<checkpoint::CheckpointError>,
+}
+
+impl Checkpointing<'_> {
+    fn save(&self) -> Result<(), checkpoint::CheckpointError> {
+        match self.path {
+            Some(path) => {
+                let mut c = self.inner.checkpoint();
+                c.epoch = self.epoch;
+                checkpoint::save(path, &c)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl StepBackend for Checkpointing<'_> {
+    fn train_step(&mut self, batch: &Batch<'_>) -> Result<f32, BackendError> {
+        self.trained_since_save = true;
+        self.inner.train_step(batch)
+    }
+
+    fn eval_step(&mut self, batch: &Batch<'_>) -> Result<EvalOutput, BackendError> {
+        if std::mem::take(&mut self.trained_since_save) {
+            self.epoch += 1;
+            if let Err(e) = self.save() {
+                self.failed = Some(e);
+                return Err(BackendError::new("saving the checkpoint failed"));
+            }
+        }
+        self.inner.eval_step(batch)
+    }
 }
 
 /// Backends that can run a training step.
@@ -100,7 +167,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.epochs,
         config.batch_size
     );
-    let mut backend: Box<dyn StepBackend> = match args.backend {
+    let mut backend: Box<dyn TrainBackend> = match args.backend {
         Backend::Jit => {
             let b = JitBackend::new(model.clone(), threads(args.threads))?;
             let s = b.stats();
@@ -116,8 +183,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         Backend::Interp => Box::new(InterpreterBackend::new(model.clone())?),
     };
-    let report = fit(backend.as_mut(), &data, &config, print_event)
-        .with_context(|| format!("training {}", args.model.display()))?;
+    let mut epoch = 0;
+    if let Some(path) = &args.resume {
+        let c = checkpoint::load(path).map_err(flat)?;
+        backend.restore(&c).with_context(|| format!("cannot resume from {}", path.display()))?;
+        eprintln!("resumed from {} (step {}, epoch {})", path.display(), c.step, c.epoch);
+        epoch = c.epoch;
+    }
+    let mut wrapped = Checkpointing {
+        inner: backend.as_mut(),
+        path: args.checkpoint.as_deref(),
+        epoch,
+        trained_since_save: false,
+        failed: None,
+    };
+    let report = fit(&mut wrapped, &data, &config, print_event);
+    if let Some(e) = wrapped.failed.take() {
+        return Err(flat(e));
+    }
+    let report = report.with_context(|| format!("training {}", args.model.display()))?;
+    wrapped.save().map_err(flat)?;
+    if let Some(path) = &args.checkpoint {
+        eprintln!("saved checkpoint {} (epoch {})", path.display(), wrapped.epoch);
+    }
     println!(
         "done: {} steps, {} epoch(s){}, final test loss {:.4}{}",
         report.steps,
