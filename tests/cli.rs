@@ -23,6 +23,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The last `test accuracy N%` that `kiln train` printed, in percent.
+fn final_test_accuracy(text: &str) -> f32 {
+    text.split("test accuracy ")
+        .last()
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a test accuracy")
+}
+
 /// The malformed corpus: `(file, fragment the message must contain)`.
 fn malformed_cases() -> Vec<(PathBuf, String)> {
     let dir = root().join("tests/malformed");
@@ -136,12 +145,7 @@ fn interpreter_training_lowers_the_mlp_loss_on_bundled_data() {
     let first = losses[0];
     let last_mean = losses[8..].iter().sum::<f32>() / 4.0;
     assert!(last_mean < 0.6 * first, "loss did not fall: {losses:?}");
-    let acc: f32 = text
-        .split("test accuracy ")
-        .last()
-        .and_then(|s| s.split('%').next())
-        .and_then(|s| s.parse().ok())
-        .expect("a test accuracy");
+    let acc = final_test_accuracy(&text);
     assert!(acc > 80.0, "test accuracy {acc}% after 300 steps\n{text}");
 }
 
@@ -151,12 +155,7 @@ fn jit_training_reaches_the_interpreters_accuracy_on_bundled_data() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}\n{text}", stderr(&out));
     assert!(stderr(&out).contains("with the jit backend"), "{}", stderr(&out));
-    let acc: f32 = text
-        .split("test accuracy ")
-        .last()
-        .and_then(|s| s.split('%').next())
-        .and_then(|s| s.parse().ok())
-        .expect("a test accuracy");
+    let acc = final_test_accuracy(&text);
     assert!(acc > 85.0, "test accuracy {acc}% after 300 steps\n{text}");
 }
 

@@ -208,6 +208,23 @@ impl Geo {
         })
     }
 
+    /// The GEMM operand holding the input's columns: `x` itself for a pointwise convolution,
+    /// otherwise the im2col scratch, whose kernel is appended to `out`.
+    fn columns(
+        &self,
+        name: &str,
+        x: &Buffer,
+        part: &impl Fn(&str, usize, usize) -> Buffer,
+        out: &mut Vec<Kernel>,
+    ) -> Buffer {
+        if self.pointwise() {
+            return x.clone();
+        }
+        let cols = part("cols", 0, self.cols_len());
+        out.push(self.im2col(name, x, &cols));
+        cols
+    }
+
     /// `conv2d(x, w) -> y`: im2col (unless pointwise), then `y = cols · w`.
     pub fn conv(
         &self,
@@ -218,13 +235,7 @@ impl Geo {
         part: impl Fn(&str, usize, usize) -> Buffer,
     ) -> Vec<Kernel> {
         let mut out = Vec::new();
-        let a = if self.pointwise() {
-            x.clone()
-        } else {
-            let cols = part("cols", 0, self.cols_len());
-            out.push(self.im2col(name, x, &cols));
-            cols
-        };
+        let a = self.columns(name, x, &part, &mut out);
         let plen = partials_len(self.rows(), self.f, self.taps());
         let g = Gemm {
             name: format!("{name}.gemm"),
@@ -250,13 +261,7 @@ impl Geo {
         part: impl Fn(&str, usize, usize) -> Buffer,
     ) -> Vec<Kernel> {
         let mut out = Vec::new();
-        let a = if self.pointwise() {
-            x.clone()
-        } else {
-            let cols = part("cols", 0, self.cols_len());
-            out.push(self.im2col(name, x, &cols));
-            cols
-        };
+        let a = self.columns(name, x, &part, &mut out);
         let plen = partials_len(self.taps(), self.f, self.rows());
         let gemm = Gemm {
             name: format!("{name}.gemm"),
