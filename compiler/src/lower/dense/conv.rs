@@ -18,7 +18,7 @@ use std::ops::Range;
 use kiln_ir::ops::Padding;
 use kiln_ir::Shape;
 
-use super::gemm::{partials_len, transpose, Gemm, View};
+use super::gemm::{Epilogue, Gemm, Scratch, View};
 use super::{affine, looped, parallel_kernel, vectorised, zero};
 use crate::kernel::{BufId, Buffer, Expr, Index, Kernel, LoopKind, Stmt};
 
@@ -97,20 +97,34 @@ impl Geo {
         }
     }
 
-    /// Scratch of `conv2d`: the im2col matrix, then the GEMM's partial products.
+    /// The GEMM of `conv2d`: `[rows, taps] · [taps, F]`, both row-major.
+    fn gemm_fwd(&self) -> Scratch {
+        Scratch::of(self.rows(), self.f, self.taps(), true, true)
+    }
+
+    /// The GEMM of `conv2d_grad_filter`: `colsᵀ · g`, `[taps, rows] · [rows, F]`.
+    fn gemm_grad_filter(&self) -> Scratch {
+        Scratch::of(self.taps(), self.f, self.rows(), false, true)
+    }
+
+    /// The GEMM of `conv2d_grad_input`: `g · wᵀ`, `[rows, F] · [F, taps]`.
+    fn gemm_grad_input(&self) -> Scratch {
+        Scratch::of(self.rows(), self.taps(), self.f, true, false)
+    }
+
+    /// Scratch of `conv2d` (with or without an epilogue): the im2col matrix, then the GEMM's.
     pub fn scratch_fwd(&self) -> usize {
-        self.cols_len() + partials_len(self.rows(), self.f, self.taps())
+        self.cols_len() + self.gemm_fwd().len()
     }
 
-    /// Scratch of `conv2d_grad_filter`: the im2col matrix, then the GEMM's partial products.
+    /// Scratch of `conv2d_grad_filter`: the im2col matrix, then the GEMM's.
     pub fn scratch_grad_filter(&self) -> usize {
-        self.cols_len() + partials_len(self.taps(), self.f, self.rows())
+        self.cols_len() + self.gemm_grad_filter().len()
     }
 
-    /// Scratch of `conv2d_grad_input`: the packed `wᵀ`, `dcols`, then the GEMM's partial
-    /// products.
+    /// Scratch of `conv2d_grad_input`: `dcols`, then the GEMM's (the packed `wᵀ`, ...).
     pub fn scratch_grad_input(&self) -> usize {
-        self.f * self.taps() + self.cols_len() + partials_len(self.rows(), self.taps(), self.f)
+        self.cols_len() + self.gemm_grad_input().len()
     }
 
     /// The taps `(kh, kw)` with the valid rectangle of `(oh, ow)` of each.
@@ -225,18 +239,18 @@ impl Geo {
         cols
     }
 
-    /// `conv2d(x, w) -> y`: im2col (unless pointwise), then `y = cols · w`.
+    /// `conv2d(x, w) -> y`: im2col (unless pointwise), then `y = cols · w`, then `epilogue` on
+    /// each element (its bias is per output channel).
     pub fn conv(
         &self,
         name: &str,
-        x: &Buffer,
-        w: &Buffer,
-        y: &Buffer,
+        (x, w, y): (&Buffer, &Buffer, &Buffer),
         part: impl Fn(&str, usize, usize) -> Buffer,
+        epilogue: &Epilogue,
     ) -> Vec<Kernel> {
         let mut out = Vec::new();
         let a = self.columns(name, x, &part, &mut out);
-        let plen = partials_len(self.rows(), self.f, self.taps());
+        let len = self.gemm_fwd().len();
         let g = Gemm {
             name: format!("{name}.gemm"),
             m: self.rows(),
@@ -244,14 +258,16 @@ impl Geo {
             k: self.taps(),
             a: View::rows(&a, self.taps()),
             b: View::rows(w, self.f),
-            c: View::rows(y, self.f),
-            partials: (plen > 0).then(|| part("partials", self.cols_len(), plen)),
+            c: y.clone(),
+            scratch: (len > 0).then(|| part("gemm", self.cols_len(), len)),
+            epilogue: epilogue.clone(),
         };
         out.extend(g.kernels());
         out
     }
 
-    /// `conv2d_grad_filter(x, g) -> dw`: im2col (unless pointwise), then `dw = colsᵀ · g`.
+    /// `conv2d_grad_filter(x, g) -> dw`: im2col (unless pointwise), then `dw = colsᵀ · g`
+    /// (the GEMM packs `colsᵀ` into panels of 4 taps, contiguous along the rows).
     pub fn grad_filter(
         &self,
         name: &str,
@@ -262,7 +278,7 @@ impl Geo {
     ) -> Vec<Kernel> {
         let mut out = Vec::new();
         let a = self.columns(name, x, &part, &mut out);
-        let plen = partials_len(self.taps(), self.f, self.rows());
+        let len = self.gemm_grad_filter().len();
         let gemm = Gemm {
             name: format!("{name}.gemm"),
             m: self.taps(),
@@ -270,15 +286,16 @@ impl Geo {
             k: self.rows(),
             a: View::transposed(&a, self.taps()),
             b: View::rows(g, self.f),
-            c: View::rows(dw, self.f),
-            partials: (plen > 0).then(|| part("partials", self.cols_len(), plen)),
+            c: dw.clone(),
+            scratch: (len > 0).then(|| part("gemm", self.cols_len(), len)),
+            epilogue: Epilogue::none(),
         };
         out.extend(gemm.kernels());
         out
     }
 
-    /// `conv2d_grad_input(g, w) -> dx`: pack `wᵀ`, `dcols = g · wᵀ`, then col2im (when
-    /// pointwise, `dx` is `dcols`).
+    /// `conv2d_grad_input(g, w) -> dx`: `dcols = g · wᵀ` (the GEMM packs `wᵀ`), then col2im
+    /// (when pointwise, `dx` is `dcols`).
     pub fn grad_input(
         &self,
         name: &str,
@@ -288,27 +305,20 @@ impl Geo {
         part: impl Fn(&str, usize, usize) -> Buffer,
     ) -> Vec<Kernel> {
         let taps = self.taps();
-        let packed = part("packed_w", 0, self.f * taps);
-        let mut out: Vec<Kernel> =
-            transpose(format!("{name}.pack_w"), w, taps, self.f, &packed).into_iter().collect();
-        let dcols = if self.pointwise() {
-            dx.clone()
-        } else {
-            part("dcols", self.f * taps, self.cols_len())
-        };
-        let plen = partials_len(self.rows(), taps, self.f);
-        let at = self.f * taps + self.cols_len();
+        let dcols = if self.pointwise() { dx.clone() } else { part("dcols", 0, self.cols_len()) };
+        let len = self.gemm_grad_input().len();
         let gemm = Gemm {
             name: format!("{name}.gemm"),
             m: self.rows(),
             n: taps,
             k: self.f,
             a: View::rows(g, self.f),
-            b: View::rows(&packed, taps),
-            c: View::rows(&dcols, taps),
-            partials: (plen > 0).then(|| part("partials", at, plen)),
+            b: View::transposed(w, self.f),
+            c: dcols.clone(),
+            scratch: (len > 0).then(|| part("gemm", self.cols_len(), len)),
+            epilogue: Epilogue::none(),
         };
-        out.extend(gemm.kernels());
+        let mut out = gemm.kernels();
         if !self.pointwise() {
             out.push(self.col2im(name, &dcols, dx));
         }

@@ -15,6 +15,8 @@ mod tests;
 
 use kiln_ir::{Graph, NodeId, Op, Shape};
 
+pub(crate) use gemm::Epilogue;
+
 use super::{Buffers, LowerError};
 use crate::kernel::{Buffer, Expr, Index, Kernel, LoopKind, Stmt};
 
@@ -55,17 +57,16 @@ pub(super) fn lower(
         Some(s) => return Err(err(format!("needs {need} scratch elements, got {}", s.len))),
         None => return Err(err(format!("needs {need} scratch elements, got none"))),
     };
-    // Sub-buffer `[at, at + len)` of the scratch.
-    let part = |name: &str, at: usize, len: usize| {
-        let offset = scratch.map_or(0, |s| s.offset + at);
-        Buffer { name: format!("{}.{name}", n.name), offset, len }
-    };
     let name = n.name.as_str();
+    let part = scratch_part(name, scratch);
     let kernels = match &n.op {
-        Op::MatMul(op) => gemm::lower_matmul(name, op, shapes[0], shapes[1], &bufs, &out, part),
+        Op::MatMul(op) => {
+            let none = Epilogue::none();
+            gemm::lower_matmul(name, op, shapes[0], shapes[1], &bufs, &out, part, &none)
+        }
         Op::Conv2d(op) => {
             let geo = conv::Geo::new(shapes[0], shapes[1], op.stride, op.pad);
-            geo.conv(name, &bufs[0], &bufs[1], &out, part)
+            geo.conv(name, (&bufs[0], &bufs[1], &out), part, &Epilogue::none())
         }
         Op::Conv2dGradFilter(op) => {
             let geo = conv::Geo::new(shapes[0], &n.shape, op.stride, op.pad);
@@ -90,6 +91,85 @@ pub(super) fn lower(
         _ => return Err(err("not a matmul, convolution or pooling op".into())),
     };
     Ok(kernels)
+}
+
+/// Sub-buffers `[at, at + len)` of a node's scratch, named `{node}.{part}`.
+fn scratch_part(node: &str, scratch: Option<&Buffer>) -> impl Fn(&str, usize, usize) -> Buffer {
+    let (node, base) = (node.to_string(), scratch.map_or(0, |s| s.offset));
+    move |name: &str, at: usize, len: usize| Buffer {
+        name: format!("{node}.{name}"),
+        offset: base + at,
+        len,
+    }
+}
+
+/// The scratch (f32 elements) of [`lower_with_epilogue`] for `op` on operands of `shapes`.
+pub(crate) fn epilogue_scratch_len(op: &Op, shapes: [&Shape; 2]) -> usize {
+    match op {
+        Op::MatMul(op) => gemm::scratch_len(op, shapes[0], shapes[1]),
+        Op::Conv2d(op) => conv::Geo::new(shapes[0], shapes[1], op.stride, op.pad).scratch_fwd(),
+        _ => 0,
+    }
+}
+
+/// The kernels of a `matmul` or `conv2d` (`op`, operands of `shapes` in `bufs`) writing `out`,
+/// followed by `epilogue` on every output element: `out = relu?(op(a, b) + bias)`, the bias
+/// holding one value per output column (the units of a dense layer, the output channels of an
+/// NHWC convolution: `out`'s last axis).
+///
+/// The epilogue is applied exactly once per element, by the store that follows its last k-step
+/// (never to the partial results of blocked or split reductions), with the same roundings as
+/// separate `bias_add` and `relu` nodes: the result is bit-identical to the unfused graph's.
+/// `name` prefixes the kernels and the scratch parts; `scratch` must hold
+/// [`epilogue_scratch_len`] elements when that is not 0. Errors (a bug in the caller, never
+/// user input): another op, a bias of the wrong length, a short scratch.
+#[allow(dead_code)] // Called by fused ops (next); tested here.
+pub(crate) fn lower_with_epilogue(
+    name: &str,
+    op: &Op,
+    shapes: [&Shape; 2],
+    bufs: [&Buffer; 2],
+    out: &Buffer,
+    scratch: Option<&Buffer>,
+    epilogue: &Epilogue,
+) -> Result<Vec<Kernel>, String> {
+    let need = epilogue_scratch_len(op, shapes);
+    if need > 0 && scratch.is_none_or(|s| s.len < need) {
+        let got = scratch.map_or(0, |s| s.len);
+        return Err(format!("needs {need} scratch elements, got {got}"));
+    }
+    let columns = match op {
+        Op::MatMul(m) => {
+            if m.transpose_b {
+                shapes[1].dim(0)
+            } else {
+                shapes[1].dim(1)
+            }
+        }
+        Op::Conv2d(_) => shapes[1].dim(3),
+        _ => return Err(format!("no epilogue for {}", op.name())),
+    };
+    if let Some(b) = epilogue.bias.as_ref().filter(|b| b.len != columns) {
+        return Err(format!("the bias has {} elements for {columns} output columns", b.len));
+    }
+    let part = scratch_part(name, scratch);
+    Ok(match op {
+        Op::MatMul(m) => gemm::lower_matmul(
+            name,
+            m,
+            shapes[0],
+            shapes[1],
+            &[bufs[0].clone(), bufs[1].clone()],
+            out,
+            part,
+            epilogue,
+        ),
+        Op::Conv2d(c) => {
+            let geo = conv::Geo::new(shapes[0], shapes[1], c.stride, c.pad);
+            geo.conv(name, (bufs[0], bufs[1], out), part, epilogue)
+        }
+        _ => unreachable!("checked above"),
+    })
 }
 
 /// Declares `b` in kernel `k`.

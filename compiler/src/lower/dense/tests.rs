@@ -5,11 +5,12 @@ use kiln_ir::ops::{
     AvgPool2d, AvgPool2dGrad, Conv2d, Conv2dGradFilter, Conv2dGradInput, MatMul, MaxPool2d,
     MaxPool2dGrad, PadMode, Padding,
 };
-use kiln_ir::{Graph, Op, Shape, Tensor};
+use kiln_ir::{EvalCtx, Graph, Op, Shape, Tensor};
 use proptest::prelude::*;
 
+use super::Epilogue;
 use crate::kernel::print::print;
-use crate::kernel::{Kernel, LoopKind, Stmt};
+use crate::kernel::{eval, Buffer, Kernel, LoopKind, Stmt};
 use crate::lower::testing::{assert_close, random, run_op, Lcg, Lowered};
 
 const VALID: Padding = Padding::Mode(PadMode::Valid);
@@ -102,16 +103,24 @@ fn gemm_model_shapes() {
 #[test]
 fn gemm_uses_4x8_tiles_of_f32x4_accumulators() {
     let r = check_matmul(false, false, 64, 384, 128);
-    assert_eq!(names(&r.kernels), ["y"]);
+    // B (384x128) is packed into panels of 8 columns first, in parallel over its rows.
+    assert_eq!(names(&r.kernels), ["y.pack_b", "y"]);
+    assert_eq!(parallel(&r.kernels[0]), Some((384, 1)));
     assert_eq!(regs(&r.kernels), [("acc".to_string(), 4, 8), ("b4".to_string(), 4, 2)]);
-    assert_eq!(parallel(&r.kernels[0]), Some((64, 4)));
-    assert_eq!(r.kernels[0].work_items(), 16);
-    let text = print(&r.kernels[0]);
+    assert_eq!(parallel(&r.kernels[1]), Some((64, 4)));
+    assert_eq!(r.kernels[1].work_items(), 16);
+    let text = print(&r.kernels[1]);
     assert!(text.contains("for v1 in 0..128 step 8 {"), "{text}");
     // k loop by 4, k-steps unrolled; B in registers, one splat(load A) per fma.
     assert!(text.contains("in 0..384 step 4 {"), "{text}");
     assert!(text.contains("b4[v"), "{text}");
     assert!(text.contains("= fma(splat(%x0["), "{text}");
+    // The k-steps of a tile read its panel contiguously: 8 floats per k.
+    assert!(text.contains("%y.gemm.packed_b[384*v1 + 8*v"), "{text}");
+
+    // A small B stays where it is.
+    let r = check_matmul(false, false, 64, 128, 10);
+    assert_eq!(names(&r.kernels), ["y"]);
 
     // All tile shapes: 4x8, 4-wide and scalar columns, then the 3 remaining rows.
     let r = check_matmul(false, false, 7, 5, 15);
@@ -179,7 +188,7 @@ fn gemm_long_k_blocks_are_exact_fma_chains() {
         let (m, k, n) = (37, 1030, 43);
         let r = check_matmul(ta, tb, m, k, n);
         fma_chains(&r, ta, tb, m, k, n, None);
-        let gemm: Vec<_> = r.kernels.iter().filter(|k| !k.name.ends_with("pack_b")).collect();
+        let gemm: Vec<_> = r.kernels.iter().filter(|k| !k.name.contains(".pack_")).collect();
         let names: Vec<&str> = gemm.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["y", "y.blocks", "y.rows", "y.rows_tail"]);
         assert_eq!(parallel(gemm[0]), Some((32, 8)));
@@ -203,7 +212,7 @@ fn gemm_long_k_with_few_rows_is_split() {
             let r = check_matmul(ta, tb, m, k, n);
             let chunk = k / super::gemm::SPLIT / super::gemm::KU * super::gemm::KU;
             fma_chains(&r, ta, tb, m, k, n, Some(chunk));
-            let gemm: Vec<_> = r.kernels.iter().filter(|k| !k.name.ends_with("pack_b")).collect();
+            let gemm: Vec<_> = r.kernels.iter().filter(|k| !k.name.contains(".pack_")).collect();
             assert_eq!(gemm[0].name, "y.split");
             assert_eq!(parallel(gemm[0]), Some((8, 1)));
             assert!(gemm[1..].iter().all(|k| k.name.starts_with("y.sum")));
@@ -218,8 +227,8 @@ fn gemm_with_few_rows_is_parallel_over_column_tiles() {
     assert_eq!(parallel(&r.kernels[0]), Some((128, 8)));
     assert_eq!(regs(&r.kernels)[0], ("acc".to_string(), 4, 2));
     let r = check_matmul(true, true, 6, 20, 40);
-    assert_eq!(names(&r.kernels), ["y.pack_b", "y", "y.rows"]);
-    assert_eq!(parallel(&r.kernels[2]), Some((40, 8)));
+    assert_eq!(names(&r.kernels), ["y.pack_a", "y.pack_b", "y", "y.rows"]);
+    assert_eq!(parallel(&r.kernels[3]), Some((40, 8)));
 }
 
 #[test]
@@ -343,7 +352,7 @@ fn conv_kernel_structure() {
     let r = run_op(gi, &[g.clone(), w], 0);
     assert_close("grad input", &r.got, &r.want, 1e-5);
     // dcols has 75 rows of 54 taps: the 3 last rows are parallel over 6 column tiles.
-    let want = ["y.pack_w", "y.gemm", "y.gemm.rows", "y.gemm.rows_tail", "y.col2im"];
+    let want = ["y.gemm.pack_b", "y.gemm", "y.gemm.rows", "y.gemm.rows_tail", "y.col2im"];
     assert_eq!(names(&r.kernels), want);
     assert_eq!(parallel(&r.kernels[2]), Some((48, 8)));
     assert_eq!(parallel(&r.kernels[4]), Some((3, 1)));
@@ -444,6 +453,30 @@ proptest! {
     }
 
     #[test]
+    fn epilogue_random_shapes(
+        m in 1usize..24, k in 1usize..24, n in 1usize..40,
+        ta: bool, tb: bool, bias: bool, relu: bool, seed: u64,
+    ) {
+        let inputs = matmul_inputs(ta, tb, m, k, n, seed);
+        let f = run_fused(MatMul { transpose_a: ta, transpose_b: tb }.into(), &inputs, bias, relu, seed);
+        check_fused(&format!("matmul ta={ta} tb={tb} {m}x{k}x{n} bias={bias} relu={relu}"), &f, 1e-5);
+    }
+
+    #[test]
+    fn conv_epilogue_random_shapes(
+        n in 1usize..3, h in 1usize..9, w in 1usize..9, c in 1usize..7, f in 1usize..11,
+        kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4,
+        pad in padding(), relu: bool, seed: u64,
+    ) {
+        let p = pad.resolve([h, w], [kh, kw], [sh, sw]);
+        prop_assume!(kh <= h + p[0] + p[1] && kw <= w + p[2] + p[3]);
+        let mut rng = Lcg(seed);
+        let inputs = [random(&mut rng, &[n, h, w, c], -1.0, 1.0), random(&mut rng, &[kh, kw, c, f], -1.0, 1.0)];
+        let fused = run_fused(Conv2d { stride: [sh, sw], pad }.into(), &inputs, true, relu, seed);
+        check_fused(&format!("conv2d {n}x{h}x{w}x{c} {kh}x{kw}x{f} {pad:?}"), &fused, 1e-5);
+    }
+
+    #[test]
     fn conv_random_shapes(
         n in 1usize..3, h in 1usize..9, w in 1usize..9, c in 1usize..7, f in 1usize..6,
         kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4,
@@ -473,4 +506,170 @@ fn tensors_are_compared() {
     bad.data[5] += 0.01;
     let caught = std::panic::catch_unwind(|| assert_close("bad", &bad, &r.want, 1e-5));
     assert!(caught.is_err());
+}
+
+/// A product lowered with an epilogue, and what it must equal.
+struct Fused {
+    /// The fused kernels' output.
+    got: Vec<f32>,
+    /// The plain product's kernels, then `+ bias[j]` and ReLU in f32, as separate ops round.
+    unfused: Vec<f32>,
+    /// The reference semantics of the op in f64, then bias and ReLU.
+    want: Tensor,
+    kernels: Vec<Kernel>,
+}
+
+/// Lowers `op` on `inputs` with a bias (of `N` values from `seed`, if `bias`) and ReLU, runs it
+/// with `kernel::eval`, and computes the references.
+fn run_fused(op: Op, inputs: &[Tensor; 2], bias: bool, relu: bool, seed: u64) -> Fused {
+    let mut g = Graph::new();
+    let x = g.leaf(kiln_ir::ops::Input {}, inputs[0].shape.clone(), "x0").unwrap();
+    let w = g.leaf(kiln_ir::ops::Input {}, inputs[1].shape.clone(), "x1").unwrap();
+    let y = g.add(op.clone(), &[x, w], "y").unwrap();
+    let shape = g.node(y).shape.clone();
+    let n = *shape.dims().last().unwrap();
+    let bias_t = random(&mut Lcg(seed), &[n], -1.0, 1.0).map(|v| v as f32 as f64);
+    let shapes = [&inputs[0].shape, &inputs[1].shape];
+    let lens = [inputs[0].shape.numel(), inputs[1].shape.numel(), n, shape.numel(), shape.numel()];
+    let names = ["x0", "x1", "bias", "y", "plain"];
+    let mut at = 0;
+    let bufs: Vec<Buffer> = names
+        .iter()
+        .zip(lens)
+        .map(|(name, len)| {
+            at += len;
+            Buffer { name: name.to_string(), offset: at - len, len }
+        })
+        .collect();
+    let need = super::epilogue_scratch_len(&op, shapes);
+    let scratch = (need > 0).then(|| Buffer { name: "scratch".into(), offset: at, len: need });
+    let mut arena = vec![f32::NAN; at + need];
+    for (t, b) in inputs.iter().chain([&bias_t]).zip(&bufs) {
+        for (slot, v) in arena[b.offset..b.offset + b.len].iter_mut().zip(&t.data) {
+            *slot = *v as f32;
+        }
+    }
+    let lower = |out: &Buffer, epilogue: &Epilogue| {
+        let ops = [&bufs[0], &bufs[1]];
+        super::lower_with_epilogue("y", &op, shapes, ops, out, scratch.as_ref(), epilogue).unwrap()
+    };
+    let epilogue = Epilogue { bias: bias.then(|| bufs[2].clone()), relu };
+    let kernels = lower(&bufs[3], &epilogue);
+    for k in kernels.iter().chain(&lower(&bufs[4], &Epilogue::none())) {
+        k.check().unwrap();
+        eval::run(k, &mut arena, 0);
+    }
+    let slice = |b: &Buffer| arena[b.offset..b.offset + b.len].to_vec();
+    let (got, plain) = (slice(&bufs[3]), slice(&bufs[4]));
+    let b = |e: usize| if bias { bias_t.data[e % n] } else { 0.0 };
+    let relu_f32 = |v: f32| if !relu || v > 0.0 { v } else { 0.0 };
+    let unfused = (plain.iter().enumerate())
+        .map(|(e, &c)| relu_f32(if bias { c + b(e) as f32 } else { c }))
+        .collect();
+    let args: Vec<Tensor> = inputs.iter().map(|t| t.map(|v| v as f32 as f64)).collect();
+    let args: Vec<&Tensor> = args.iter().collect();
+    let mut want = op.spec().eval(&args, &shape, &EvalCtx { step: 0 });
+    for (e, v) in want.data.iter_mut().enumerate() {
+        *v += b(e);
+        if relu && *v <= 0.0 {
+            *v = 0.0;
+        }
+    }
+    Fused { got, unfused, want, kernels }
+}
+
+/// Checks a fused product: bit-identical to the unfused ops, close to the reference.
+fn check_fused(what: &str, f: &Fused, tol: f64) {
+    for (e, (g, u)) in f.got.iter().zip(&f.unfused).enumerate() {
+        assert_eq!(g.to_bits(), u.to_bits(), "{what}: element {e}: fused {g} vs unfused {u}");
+    }
+    let got = Tensor::new(f.want.shape.clone(), f.got.iter().map(|&v| v as f64).collect());
+    assert_close(what, &got, &f.want, tol);
+}
+
+fn check_fused_matmul(
+    ta: bool,
+    tb: bool,
+    (m, k, n): (usize, usize, usize),
+    bias: bool,
+    relu: bool,
+) -> Fused {
+    let inputs = matmul_inputs(ta, tb, m, k, n, check_seed(m, k, n));
+    let f = run_fused(MatMul { transpose_a: ta, transpose_b: tb }.into(), &inputs, bias, relu, 7);
+    let what = format!("matmul ta={ta} tb={tb} {m}x{k}x{n} bias={bias} relu={relu}");
+    check_fused(&what, &f, tol(k));
+    f
+}
+
+#[test]
+fn epilogue_applies_once_after_the_whole_reduction() {
+    // (M, K, N): short K; blocks of K (several, a partial last one); K a multiple of the block
+    // size (the last full block is peeled off the loop); a split K (partial products, then
+    // the sum kernels); tails of rows and columns everywhere.
+    let shapes =
+        [(7, 5, 15), (64, 784, 128), (37, 1030, 43), (64, 1024, 24), (9, 4100, 5), (6, 2050, 11)];
+    for (m, k, n) in shapes {
+        for (ta, tb) in TRANSPOSES {
+            for (bias, relu) in [(true, true), (true, false), (false, true)] {
+                check_fused_matmul(ta, tb, (m, k, n), bias, relu);
+            }
+        }
+    }
+    let f = check_fused_matmul(false, false, (64, 1024, 24), true, true);
+    let text: String = f.kernels.iter().map(print).collect();
+    // K = 4 blocks of 256: the first block, a loop over the next two, then the last block,
+    // whose tile (one, in the loop over the 3 column tiles) alone adds the bias and applies
+    // the ReLU in its stores.
+    assert!(text.contains(" in 0..512 step 256 {"), "{text}");
+    assert_eq!(text.matches("%bias[").count(), 1, "{text}");
+    assert_eq!(text.matches("max(").count(), 1, "{text}");
+}
+
+#[test]
+fn no_epilogue_changes_nothing() {
+    let inputs = matmul_inputs(false, false, 9, 20, 13, 1);
+    let f = run_fused(
+        MatMul { transpose_a: false, transpose_b: false }.into(),
+        &inputs,
+        false,
+        false,
+        1,
+    );
+    check_fused("plain", &f, tol(20));
+    let r = check_matmul(false, false, 9, 20, 13);
+    // The same kernels (buffer offsets aside).
+    let structure = |ks: &[Kernel]| -> Vec<_> {
+        ks.iter().map(|k| (k.name.clone(), k.regs.clone(), k.body.clone())).collect()
+    };
+    assert_eq!(structure(&f.kernels), structure(&r.kernels));
+}
+
+#[test]
+fn conv_epilogue_is_per_output_channel() {
+    let mut rng = Lcg(21);
+    let cases = [
+        ([2, 6, 5, 3], [3, 3, 3, 4], [1, 1], VALID),
+        ([1, 7, 7, 6], [3, 3, 6, 16], [2, 2], SAME),
+        ([2, 5, 4, 6], [1, 1, 6, 9], [1, 1], VALID),
+        ([2, 13, 13, 32], [3, 3, 32, 64], [1, 1], VALID),
+    ];
+    for (x, w, stride, pad) in cases {
+        let inputs = [random(&mut rng, &x, -1.0, 1.0), random(&mut rng, &w, -1.0, 1.0)];
+        let f = run_fused(Conv2d { stride, pad }.into(), &inputs, true, true, 3);
+        check_fused(&format!("conv2d x {x:?} w {w:?}"), &f, tol(w[0] * w[1] * w[2]));
+    }
+}
+
+#[test]
+fn epilogue_errors() {
+    let (a, b) = (Shape::from(&[4, 5][..]), Shape::from(&[5, 6][..]));
+    let buf = |name: &str, len| Buffer { name: name.into(), offset: 0, len };
+    let (x, w, y) = (buf("a", 20), buf("b", 30), buf("y", 24));
+    let mm: Op = MatMul { transpose_a: false, transpose_b: false }.into();
+    let e = Epilogue { bias: Some(buf("bias", 4)), relu: false };
+    let err = super::lower_with_epilogue("y", &mm, [&a, &b], [&x, &w], &y, None, &e).unwrap_err();
+    assert!(err.contains("4 elements for 6 output columns"), "{err}");
+    let pool: Op = MaxPool2d { size: [2, 2], stride: [2, 2] }.into();
+    let err = super::lower_with_epilogue("y", &pool, [&a, &b], [&x, &w], &y, None, &e).unwrap_err();
+    assert!(err.contains("no epilogue for max_pool2d"), "{err}");
 }
