@@ -17,7 +17,10 @@ pub struct TrainGraph {
     pub input: NodeId,
     /// The labels input `[batch]`, when the loss uses labels.
     pub labels: Option<NodeId>,
-    /// The scalar loss (mean over the batch).
+    /// The example weights `[batch]` of the loss (`1/n` for the `n` real examples, `0` for
+    /// padding rows).
+    pub weights: NodeId,
+    /// The scalar loss (mean over the real examples of the batch).
     pub loss: NodeId,
     /// The model's prediction (logits for classifiers).
     pub prediction: NodeId,
@@ -31,7 +34,7 @@ pub struct TrainGraph {
 
 /// Builds the training step of `model` for batches of `batch` examples.
 pub fn training_step(model: &Model, batch: usize) -> Result<TrainGraph, CompileError> {
-    let LossGraph { mut graph, input, labels, prediction, loss, .. } =
+    let LossGraph { mut graph, input, labels, weights, prediction, loss, .. } =
         model.build(batch, Mode::Train)?;
     let params = graph.nodes_where(|op| matches!(op, Op::Parameter(_)));
     let grads = gradients(&mut graph, loss, &params)?;
@@ -39,7 +42,7 @@ pub fn training_step(model: &Model, batch: usize) -> Result<TrainGraph, CompileE
     let updates =
         append_updates(&mut graph, &params, &grads, &training.optimizer, training.weight_decay)?;
     graph.validate()?;
-    Ok(TrainGraph { graph, input, labels, loss, prediction, params, grads, updates })
+    Ok(TrainGraph { graph, input, labels, weights, loss, prediction, params, grads, updates })
 }
 
 /// Builds the evaluation graph of `model` (no dropout, no noise, no update).

@@ -51,7 +51,7 @@ fn max_pool() {
 
 #[test]
 fn softmax_cross_entropy() {
-    insta::assert_snapshot!(text(&kernels(SoftmaxCrossEntropy {}, &[&[3, 10], &[3]])));
+    insta::assert_snapshot!(text(&kernels(SoftmaxCrossEntropy {}, &[&[3, 10], &[3], &[3]])));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! - [`idx`]: read and write MNIST-format IDX files, raw or gzip-compressed.
 //! - [`dataset`]: in-memory datasets, loaded from a directory or from the bundled MNIST subset.
 //! - [`batch`]: shuffled, reproducible mini-batches.
+//! - [`padding`]: short batches padded up to a compiled program's batch size.
 //! - [`checkpoint`]: save and load parameters and optimizer state (safetensors, atomic writes).
 //! - [`train`]: the backend-agnostic training loop ([`fit`]) and the [`StepBackend`] trait.
 //!
@@ -15,6 +16,7 @@ pub mod dataset;
 pub mod error;
 pub mod exec;
 pub mod idx;
+pub mod padding;
 pub mod train;
 
 pub use batch::{Batch, BatchError, Batcher};

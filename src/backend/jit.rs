@@ -1,21 +1,23 @@
 //! The JIT backend: training and evaluation steps compiled to native code.
 //!
-//! Programs are specialised to their batch size. The last, smaller batch of an epoch gets its
-//! own specialisation, compiled when first needed (no masking): every program shares the
-//! persistent region of the arena (parameters and optimizer state) and the values region,
-//! which is as large as the largest program needs.
+//! Two programs are compiled for the model's batch size: the training step and the evaluation
+//! step. A shorter batch (the last of an epoch) is padded up to that size with zero-weight rows
+//! (see [`kiln_runtime::padding`]), so no other specialisation is ever needed. Both programs
+//! share the persistent region of the arena (parameters and optimizer state) and the values
+//! region, which is as large as the larger program needs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use kiln_compiler::codegen::{compile, CompiledKernels};
 use kiln_compiler::memory::Persistent;
-use kiln_compiler::program::{build, initial_persistent, Program};
+use kiln_compiler::program::{build, initial_persistent, Io, Program};
 use kiln_compiler::step::{evaluation, training_step};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, Model};
 use kiln_runtime::checkpoint::check_compatible;
 use kiln_runtime::exec::{run_kernels, KernelCall, Pool};
+use kiln_runtime::padding::{write_padded, PaddedInputs};
 use kiln_runtime::{
     BackendError, Batch, Checkpoint, CheckpointError, Checkpointable, EvalOutput, StepBackend,
 };
@@ -46,8 +48,8 @@ pub struct JitBackend {
     model: Model,
     persistent: Persistent,
     arena: Vec<f32>,
-    train: HashMap<usize, Compiled>,
-    eval: HashMap<usize, Compiled>,
+    train: Compiled,
+    eval: Option<Compiled>,
     pool: Pool,
     step: u64,
     stats: JitStats,
@@ -77,19 +79,23 @@ impl JitBackend {
             .filter(|n| persistent.buffers.contains_key(&n.name))
             .map(|n| (n.name.clone(), n.shape.dims().to_vec()))
             .collect();
+        let mut stats = JitStats::default();
+        stats.lower_ms += start.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let program = build(&first.graph, Io::from(&first), &persistent)?;
+        let train = compile_program(program, t, &mut stats)?;
         let mut backend = JitBackend {
             model,
             persistent,
             arena,
-            train: HashMap::new(),
-            eval: HashMap::new(),
+            train,
+            eval: None,
             pool: Pool::new(threads),
             step: 0,
-            stats: JitStats::default(),
+            stats,
             shapes,
         };
-        backend.stats.lower_ms += start.elapsed().as_secs_f64() * 1e3;
-        backend.compile_train(batch)?;
+        backend.grow_arena();
         Ok(backend)
     }
 
@@ -114,11 +120,10 @@ impl JitBackend {
         batch: &Batch<'_>,
         steps: usize,
     ) -> Result<Vec<(String, usize, f64)>, BackendError> {
-        self.compile_train(batch.len).map_err(backend_error)?;
-        let c = &self.train[&batch.len];
+        let c = &self.train;
         let mut times = vec![Vec::with_capacity(steps); c.calls.len()];
         for _ in 0..steps {
-            Self::feed(&mut self.arena, &c.program, batch)?;
+            feed(&mut self.arena, &c.program, batch)?;
             for (i, call) in c.calls.iter().enumerate() {
                 let t = Instant::now();
                 // SAFETY: as in `train_step`, one kernel at a time.
@@ -143,80 +148,98 @@ impl JitBackend {
         Ok(out)
     }
 
-    /// The training program for `batch`, if compiled.
-    pub fn train_program(&self, batch: usize) -> Option<&Program> {
-        self.train.get(&batch).map(|c| &c.program)
+    /// The training program.
+    pub fn train_program(&self) -> &Program {
+        &self.train.program
     }
 
-    fn finish(&mut self, program: Program, start: Instant) -> Result<Compiled, CompileError> {
-        self.stats.lower_ms += start.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        let code = compile(&program.kernels).map_err(|e| CompileError::Codegen(e.to_string()))?;
-        self.stats.codegen_ms += t.elapsed().as_secs_f64() * 1e3;
-        self.stats.kernels += program.kernels.len();
-        let calls = program
-            .kernels
-            .iter()
-            .enumerate()
-            .map(|(i, k)| KernelCall { f: code.get(i), work_items: k.work_items() })
-            .collect();
-        if self.arena.len() < program.plan.len {
-            self.arena.resize(program.plan.len, 0.0);
+    /// Makes the arena as long as every compiled program needs.
+    fn grow_arena(&mut self) {
+        let need =
+            self.train.program.plan.len.max(self.eval.as_ref().map_or(0, |e| e.program.plan.len));
+        if self.arena.len() < need {
+            self.arena.resize(need, 0.0);
         }
         self.stats.arena_len = self.arena.len();
-        Ok(Compiled { program, calls, _code: code })
     }
 
-    fn compile_train(&mut self, batch: usize) -> Result<(), CompileError> {
-        if self.train.contains_key(&batch) {
+    /// Compiles the evaluation program on first use.
+    fn compile_eval(&mut self) -> Result<(), CompileError> {
+        if self.eval.is_some() {
             return Ok(());
         }
         let start = Instant::now();
-        let tg = training_step(&self.model, batch)?;
-        let program =
-            build(&tg.graph, tg.input, tg.labels, tg.loss, tg.prediction, &self.persistent)?;
-        let compiled = self.finish(program, start)?;
-        self.train.insert(batch, compiled);
-        Ok(())
-    }
-
-    fn compile_eval(&mut self, batch: usize) -> Result<(), CompileError> {
-        if self.eval.contains_key(&batch) {
-            return Ok(());
-        }
-        let start = Instant::now();
-        let lg = evaluation(&self.model, batch)?;
-        let program =
-            build(&lg.graph, lg.input, lg.labels, lg.loss, lg.prediction, &self.persistent)?;
-        let compiled = self.finish(program, start)?;
-        self.eval.insert(batch, compiled);
-        Ok(())
-    }
-
-    /// Copies a batch into a program's input buffers.
-    fn feed(arena: &mut [f32], program: &Program, batch: &Batch<'_>) -> Result<(), BackendError> {
-        let input = &program.input;
-        if batch.x.len() != input.len {
-            return Err(BackendError::new(format!(
-                "the model's input holds {} values per batch of {} but the batch holds {}",
-                input.len,
-                batch.len,
-                batch.x.len()
-            )));
-        }
-        arena[input.offset..input.offset + input.len].copy_from_slice(batch.x);
-        if let Some(l) = &program.labels {
-            arena[l.offset..l.offset + l.len].copy_from_slice(&batch.labels[..l.len]);
-        }
+        let lg = evaluation(&self.model, self.model.training.batch_size)?;
+        let program = build(&lg.graph, Io::from(&lg), &self.persistent)?;
+        self.eval = Some(compile_program(program, start, &mut self.stats)?);
+        self.grow_arena();
         Ok(())
     }
 }
 
+/// Compiles a program's kernels, adding the time since `start` (lowering) and the codegen time
+/// to `stats`.
+fn compile_program(
+    program: Program,
+    start: Instant,
+    stats: &mut JitStats,
+) -> Result<Compiled, CompileError> {
+    stats.lower_ms += start.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let code = compile(&program.kernels).map_err(|e| CompileError::Codegen(e.to_string()))?;
+    stats.codegen_ms += t.elapsed().as_secs_f64() * 1e3;
+    stats.kernels += program.kernels.len();
+    let calls = program
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| KernelCall { f: code.get(i), work_items: k.work_items() })
+        .collect();
+    Ok(Compiled { program, calls, _code: code })
+}
+
+/// Copies a batch into a program's input buffers, padded up to the program's batch size.
+fn feed(arena: &mut [f32], program: &Program, batch: &Batch<'_>) -> Result<(), BackendError> {
+    let mut ranges = vec![program.input.range(), program.weights.range()];
+    ranges.extend(program.labels.as_ref().map(|l| l.range()));
+    let mut slices = disjoint_mut(arena, &ranges)
+        .ok_or_else(|| BackendError::new("the program's inputs overlap in the arena"))?
+        .into_iter();
+    let (x, weights, labels) = (slices.next(), slices.next(), slices.next());
+    let (Some(x), Some(weights)) = (x, weights) else { unreachable!("two ranges were given") };
+    write_padded(batch, PaddedInputs { x, labels, weights })
+}
+
+/// Mutable slices of `arena` for pairwise disjoint `ranges`, in the order given; `None` when
+/// two overlap or one is out of bounds.
+fn disjoint_mut<'a>(
+    arena: &'a mut [f32],
+    ranges: &[std::ops::Range<usize>],
+) -> Option<Vec<&'a mut [f32]>> {
+    let mut by_start: Vec<usize> = (0..ranges.len()).collect();
+    by_start.sort_by_key(|&i| ranges[i].start);
+    let mut out: Vec<Option<&'a mut [f32]>> = (0..ranges.len()).map(|_| None).collect();
+    let (mut rest, mut at) = (arena, 0);
+    for i in by_start {
+        let r = &ranges[i];
+        if r.start < at || r.end < r.start {
+            return None;
+        }
+        if rest.len() < r.end - at {
+            return None;
+        }
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
+        let (slice, tail) = tail.split_at_mut(r.len());
+        out[i] = Some(slice);
+        (rest, at) = (tail, r.end);
+    }
+    out.into_iter().collect()
+}
+
 impl StepBackend for JitBackend {
     fn train_step(&mut self, batch: &Batch<'_>) -> Result<f32, BackendError> {
-        self.compile_train(batch.len).map_err(backend_error)?;
-        let c = &self.train[&batch.len];
-        Self::feed(&mut self.arena, &c.program, batch)?;
+        let c = &self.train;
+        feed(&mut self.arena, &c.program, batch)?;
         // SAFETY: the kernels were bounds-checked against this program's plan, and the arena
         // is at least as long as every compiled program needs.
         unsafe { run_kernels(&self.pool, &c.calls, &mut self.arena, self.step) };
@@ -225,17 +248,17 @@ impl StepBackend for JitBackend {
     }
 
     fn eval_step(&mut self, batch: &Batch<'_>) -> Result<EvalOutput, BackendError> {
-        self.compile_eval(batch.len).map_err(backend_error)?;
-        let c = &self.eval[&batch.len];
-        Self::feed(&mut self.arena, &c.program, batch)?;
+        self.compile_eval().map_err(backend_error)?;
+        let c = self.eval.as_ref().expect("compiled above");
+        feed(&mut self.arena, &c.program, batch)?;
         // SAFETY: as in `train_step`.
         unsafe { run_kernels(&self.pool, &c.calls, &mut self.arena, self.step) };
         let loss = self.arena[c.program.loss.offset];
         let correct = match self.model.training.loss {
             Loss::SoftmaxCrossEntropy => {
                 let p = &c.program.prediction;
-                let logits = &self.arena[p.offset..p.offset + p.len];
-                let classes = p.len / batch.len;
+                let classes = p.len / c.program.batch;
+                let logits = &self.arena[p.offset..p.offset + batch.len * classes];
                 Some(argmax_matches(logits, classes, batch.labels))
             }
             _ => None,

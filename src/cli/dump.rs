@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use kiln::compiler::codegen::clif_text;
 use kiln::compiler::kernel::print::print as print_kernel;
 use kiln::compiler::memory::{describe, Persistent};
-use kiln::compiler::program::build;
+use kiln::compiler::program::{build, Io};
 use kiln::compiler::step::training_step;
 use kiln::ir::model::Mode;
 use kiln::ir::{text, Graph};
@@ -57,7 +57,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
             let tg = training_step(&model, batch)?;
             let mut persistent = Persistent::default();
             persistent.add_from(&tg.graph);
-            let p = build(&tg.graph, tg.input, tg.labels, tg.loss, tg.prediction, &persistent)?;
+            let p = build(&tg.graph, Io::from(&tg), &persistent)?;
             let out = match args.stage {
                 Stage::Memory => describe(&tg.graph, &p.order, &p.plan, &persistent),
                 Stage::Kernels => p.kernels.iter().map(print_kernel).collect::<Vec<_>>().join("\n"),
