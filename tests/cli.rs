@@ -106,6 +106,28 @@ fn dump_prints_text_and_dot() {
 }
 
 #[test]
+fn dump_fused_explains_each_fusion() {
+    let args = ["dump", "examples/models/keras_cnn.json", "--stage", "fused", "--explain"];
+    let out = kiln(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("# stage fusion: Saturated"), "{text}");
+    assert!(
+        text.contains(
+            "# %conv2d_1.relu = conv2d_bias_act covers conv2d_1, conv2d_1.bias_add, conv2d_1.relu"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("#   by conv-bias -> conv-bias-relu"), "{text}");
+    assert!(text.contains("= max_pool2d_grad_relu(%conv2d_2.relu, %d.max_pool2d_2)"), "{text}");
+    // The graph part parses back.
+    let graph: String =
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    let parsed = kiln::ir::text::parse(&graph).expect("dump parses");
+    assert_eq!(kiln::ir::text::print(&parsed).unwrap(), graph);
+}
+
+#[test]
 fn missing_files_and_bad_arguments_exit_2() {
     let out = kiln(&["check", "no/such/model.json"]);
     assert_eq!(out.status.code(), Some(2));

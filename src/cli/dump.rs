@@ -8,7 +8,8 @@ use kiln::compiler::codegen::clif_text;
 use kiln::compiler::kernel::print::print as print_kernel;
 use kiln::compiler::memory::{describe, Persistent};
 use kiln::compiler::program::{build, Io};
-use kiln::compiler::step::training_step;
+use kiln::compiler::rewrite::RewriteOptions;
+use kiln::compiler::step::{compiled_training_step, training_step, CompileOptions};
 use kiln::ir::model::Mode;
 use kiln::ir::{text, Graph};
 
@@ -28,6 +29,9 @@ pub struct DumpArgs {
     /// Batch size the graph is specialised to (default: the model file's).
     #[arg(long)]
     batch: Option<usize>,
+    /// With `--stage fused`: for each fused node, the ops it covers and the rules that made it.
+    #[arg(long)]
+    explain: bool,
 }
 
 /// Compilation stages that can be dumped.
@@ -37,6 +41,8 @@ enum Stage {
     Graph,
     /// The whole training step: forward, loss, gradients and optimizer updates.
     Train,
+    /// The training step after the egg rewrite pass (clean-up and fusion), with its report.
+    Fused,
     /// The training step's memory plan: the arena's regions and every buffer.
     Memory,
     /// The training step's kernels (loop nests).
@@ -50,11 +56,23 @@ pub fn run(args: DumpArgs) -> Result<()> {
     let model = load(&args.model)?;
     let batch = args.batch.unwrap_or(model.training.batch_size);
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
+    let options = CompileOptions {
+        fusion: false,
+        rewrite: RewriteOptions { explain: args.explain, ..Default::default() },
+    };
     let graph: Graph = match args.stage {
         Stage::Graph => model.build(batch, Mode::Train)?.graph,
         Stage::Train => training_step(&model, batch)?.graph,
+        Stage::Fused => {
+            let options = CompileOptions { fusion: true, ..options };
+            let (tg, report) = compiled_training_step(&model, batch, &options)?;
+            if let (Some(report), Format::Text) = (report, args.format) {
+                emit(&report.text())?;
+            }
+            tg.graph
+        }
         Stage::Memory | Stage::Kernels | Stage::Clif => {
-            let tg = training_step(&model, batch)?;
+            let (tg, _) = compiled_training_step(&model, batch, &options)?;
             let mut persistent = Persistent::default();
             persistent.add_from(&tg.graph);
             let p = build(&tg.graph, Io::from(&tg), &persistent)?;
@@ -69,14 +87,22 @@ pub fn run(args: DumpArgs) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .join("\n"),
             };
-            print!("{out}");
-            return Ok(());
+            return emit(&out);
         }
     };
     let out = match args.format {
         Format::Text => text::print(&graph)?,
         Format::Dot => text::dot(&graph)?,
     };
-    print!("{out}");
+    emit(&out)?;
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`kiln dump … | head`) ends the output quietly.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
