@@ -17,9 +17,9 @@ pub mod exec;
 pub mod idx;
 pub mod train;
 
-pub use batch::{Batch, BatchError, Batcher};
+pub use batch::{in_order, Batch, BatchError, Batcher, InOrder};
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointable};
-pub use dataset::{bundled, load_dir, DataSplit, Dataset};
+pub use dataset::{bundled, load_dir, pixel_value, DataSplit, Dataset};
 pub use error::DataError;
 pub use idx::{read_idx, write_idx_gz, IdxArray};
 pub use train::{

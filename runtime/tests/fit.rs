@@ -13,16 +13,17 @@ use rand_chacha::ChaCha8Rng;
 type TrainScript = Box<dyn FnMut(usize) -> Result<f32, BackendError>>;
 type EvalScript = Box<dyn FnMut(usize) -> f32>;
 
-/// Example i is a 1x2 image `[i, i % 3]` with label `i % 3`, so the mock can tell which it got.
+/// Example i (below 256) is a 1x2 image of bytes `[i, i % 3]` with label `i % 3`, so the mock
+/// can tell which it got.
 fn id_data(len: usize) -> Dataset {
-    Dataset {
-        images: (0..len).flat_map(|i| [i as f32, (i % 3) as f32]).collect(),
-        labels: (0..len).map(|i| (i % 3) as f32).collect(),
-        len,
-        height: 1,
-        width: 2,
-        classes: 3,
-    }
+    let ids = 0..u8::try_from(len).expect("at most 255 examples");
+    let pixels = ids.clone().flat_map(|i| [i, i % 3]).collect();
+    Dataset::new(pixels, ids.map(|i| i % 3).collect(), 1, 2, 3).unwrap()
+}
+
+/// The byte a batch value was converted from.
+fn byte(value: f32) -> u8 {
+    (value * 255.0).round() as u8
 }
 
 fn id_split(train: usize, test: usize) -> DataSplit {
@@ -68,8 +69,8 @@ fn ids(batch: &Batch<'_>) -> Vec<usize> {
         .chunks(2)
         .zip(batch.labels)
         .map(|(px, &label)| {
-            assert_eq!(px[1], label, "label travels with its image");
-            px[0] as usize
+            assert_eq!(f32::from(byte(px[1])), label, "label travels with its image");
+            usize::from(byte(px[0]))
         })
         .collect()
 }
@@ -447,17 +448,17 @@ impl StepBackend for LinearSoftmax {
 /// 2x2 images of 3 classes: class c lights pixel c (plus noise everywhere).
 fn blobs(len: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut images = Vec::with_capacity(len * 4);
+    let mut pixels = Vec::with_capacity(len * 4);
     let mut labels = Vec::with_capacity(len);
     for _ in 0..len {
-        let c = rng.random_range(0..3usize);
+        let c = rng.random_range(0..3u8);
         for px in 0..4 {
-            let base = if px == c { 0.8 } else { 0.1 };
-            images.push(base + rng.random_range(-0.1..0.1f32));
+            let base = if px == c { 204 } else { 26 };
+            pixels.push(base + rng.random_range(0..51u8) - 25);
         }
-        labels.push(c as f32);
+        labels.push(c);
     }
-    Dataset { images, labels, len, height: 2, width: 2, classes: 3 }
+    Dataset::new(pixels, labels, 2, 2, 3).unwrap()
 }
 
 fn blob_split() -> DataSplit {

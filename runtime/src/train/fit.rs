@@ -146,7 +146,8 @@ fn evaluate<B: StepBackend + ?Sized>(
 ) -> Result<(f32, Option<f32>), TrainError> {
     let mut loss_sum = 0.0f64;
     let mut correct = Some(0usize);
-    for batch in in_order(test, batch_size) {
+    let mut batches = in_order(test, batch_size);
+    while let Some(batch) = batches.next_batch() {
         let out = backend.eval_step(&batch).map_err(|source| TrainError::Eval { epoch, source })?;
         if let Some(c) = out.correct.filter(|&c| c > batch.len) {
             let msg = format!("eval_step reported {c} correct in a batch of {}", batch.len);
