@@ -4,7 +4,8 @@
 //! - [`dataset`]: in-memory datasets, loaded from a directory or from the bundled MNIST subset.
 //! - [`batch`]: shuffled, reproducible mini-batches.
 //! - [`checkpoint`]: save and load parameters and optimizer state (safetensors, atomic writes).
-//! - [`train`]: the backend-agnostic training loop ([`fit`]) and the [`StepBackend`] trait.
+//! - [`train`]: the backend-agnostic training loop ([`fit`], [`fit_with_epoch_end`]) and the
+//!   [`StepBackend`] trait.
 //!
 //! This crate depends on no other kiln crate: backends implement [`StepBackend`].
 #![warn(missing_docs)]
@@ -23,6 +24,6 @@ pub use dataset::{bundled, load_dir, pixel_value, DataSplit, Dataset};
 pub use error::DataError;
 pub use idx::{read_idx, write_idx_gz, IdxArray};
 pub use train::{
-    fit, BackendError, EarlyStopping, EvalOutput, StepBackend, TrainConfig, TrainError, TrainEvent,
-    TrainReport,
+    fit, fit_with_epoch_end, BackendError, EarlyStopping, EpochEndResult, EpochMetrics, EvalOutput,
+    StepBackend, TrainConfig, TrainError, TrainEvent, TrainReport,
 };

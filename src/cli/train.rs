@@ -149,6 +149,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let t = &model.training;
     let config = TrainConfig {
         epochs: t.epochs,
+        completed_epochs: 0,
         batch_size: t.batch_size,
         seed: t.seed,
         max_steps: args.steps,
