@@ -190,8 +190,9 @@ fn check_data<'d>(data: &'d DataSplit, config: &TrainConfig) -> Result<Batcher<'
     Ok(batcher)
 }
 
-/// Mean test loss over all examples and, if every batch reports it, the accuracy.
-fn evaluate<B: StepBackend + ?Sized>(
+/// Evaluates `backend` on `test` in order, in batches of `batch_size`: the mean loss over all
+/// examples and, if every batch reports it, the accuracy. `epoch` only labels errors.
+pub fn evaluate<B: StepBackend + ?Sized>(
     backend: &mut B,
     test: &Dataset,
     batch_size: usize,

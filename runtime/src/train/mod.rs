@@ -10,7 +10,7 @@ mod fit;
 mod progress;
 
 pub use backend::{BackendError, Batch, EvalOutput, StepBackend};
-pub use fit::{fit, fit_with_epoch_end};
+pub use fit::{evaluate, fit, fit_with_epoch_end};
 
 use std::error::Error;
 use std::ops::ControlFlow;
