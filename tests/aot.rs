@@ -224,3 +224,11 @@ fn kiln_build_without_the_library_or_cc_exits_2() {
     fails(out, &["/nonexistent/cc", "C compiler"]);
     assert!(!scratch().join("never").exists());
 }
+
+#[test]
+fn dump_asm_lists_every_kernel_under_its_symbol() {
+    let out = ok(kiln(&["dump", "examples/models/mlp.json", "--stage", "asm"]));
+    let text = stdout(&out);
+    assert!(text.starts_with("kiln_train_k0_"), "{}", &text[..text.len().min(200)]);
+    assert!(text.contains("ret"), "no return instruction");
+}

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use kiln::compiler::codegen::clif_text;
+use kiln::backend::lowered::{symbol, ProgramKind};
+use kiln::compiler::codegen::{asm_text, clif_text};
 use kiln::compiler::kernel::print::print as print_kernel;
 use kiln::compiler::memory::{describe, Persistent};
 use kiln::compiler::program::{build, Io};
@@ -49,6 +50,9 @@ enum Stage {
     Kernels,
     /// The Cranelift IR of the training step's kernels.
     Clif,
+    /// The machine code of the training step's kernels (after register allocation), each
+    /// under the symbol it has in executables made by `kiln build`.
+    Asm,
 }
 
 /// Prints the requested stage.
@@ -71,7 +75,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
             }
             tg.graph
         }
-        Stage::Memory | Stage::Kernels | Stage::Clif => {
+        Stage::Memory | Stage::Kernels | Stage::Clif | Stage::Asm => {
             let (tg, _) = compiled_training_step(&model, batch, &options)?;
             let mut persistent = Persistent::default();
             persistent.add_from(&tg.graph);
@@ -79,6 +83,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
             let out = match args.stage {
                 Stage::Memory => describe(&tg.graph, &p.order, &p.plan, &persistent),
                 Stage::Kernels => p.kernels.iter().map(print_kernel).collect::<Vec<_>>().join("\n"),
+                Stage::Asm => asm_listing(&p)?,
                 _ => p
                     .kernels
                     .iter()
@@ -105,4 +110,15 @@ fn emit(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Every kernel's machine code under its symbol, like a disassembler's listing.
+fn asm_listing(p: &kiln::compiler::program::Program) -> Result<String> {
+    let mut out = String::new();
+    for (i, k) in p.kernels.iter().enumerate() {
+        let symbol = symbol(ProgramKind::Train, i, k);
+        let code = asm_text(k).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push_str(&format!("{symbol}:  ; {} work items\n{code}\n", k.work_items()));
+    }
+    Ok(out)
 }
