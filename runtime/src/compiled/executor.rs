@@ -67,8 +67,10 @@ impl Executor {
             (None, None) => None,
             _ => return Err(LayoutError("evaluation kernels without their program".into())),
         };
-        let mut arena = initial.to_vec();
-        arena.resize(layout.arena_len(), 0.0);
+        // Zeroed allocation (fresh pages from the OS, not a memset of the whole arena): the
+        // kernels touch the values region only when they run.
+        let mut arena = vec![0.0f32; layout.arena_len()];
+        arena[..initial.len()].copy_from_slice(initial);
         Ok(Executor { layout, arena, train, eval, pool: Pool::new(threads), step: 0 })
     }
 
