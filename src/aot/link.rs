@@ -12,6 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The file name of the trainer library.
 pub const TRAINER_LIB: &str = "libkiln_trainer.a";
@@ -109,20 +110,25 @@ pub fn link(object: &[u8], lib: &Path, out: &Path) -> Result<(), LinkError> {
         let path = path.to_path_buf();
         move |source| LinkError::Io { path, source }
     };
-    let dir = std::env::temp_dir().join(format!("kiln-build-{}", std::process::id()));
+    // One folder per call: builds in other processes or threads never share it.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let tag = format!("{}-{call}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("kiln-build-{tag}"));
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     // A fixed file name: it may end up in the executable's symbol table.
     let obj = dir.join("kiln_model.o");
     let result =
-        fs::write(&obj, object).map_err(io_err(&obj)).and_then(|()| run_cc(&obj, lib, out));
+        fs::write(&obj, object).map_err(io_err(&obj)).and_then(|()| run_cc(&obj, lib, out, &tag));
     let _ = fs::remove_dir_all(&dir);
     result
 }
 
-fn run_cc(obj: &Path, lib: &Path, out: &Path) -> Result<(), LinkError> {
+/// Links into `out` through `<out>.tmp-<tag>`.
+fn run_cc(obj: &Path, lib: &Path, out: &Path, tag: &str) -> Result<(), LinkError> {
     let cc = std::env::var_os("CC").filter(|c| !c.is_empty()).unwrap_or_else(|| "cc".into());
     let mut tmp_name = out.file_name().unwrap_or(out.as_os_str()).to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    tmp_name.push(format!(".tmp-{tag}"));
     let tmp = out.with_file_name(tmp_name);
     let output = Command::new(&cc)
         .arg("-o")

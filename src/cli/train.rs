@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kiln::backend::{InterpreterBackend, JitBackend};
 use kiln::runtime::checkpoint::{self, Checkpointable};
-use kiln::runtime::{self, fit_with_epoch_end, StepBackend, TrainConfig, TrainEvent};
+use kiln::runtime::{self, fit_with_epoch_end, StepBackend, TrainConfig};
 
 use super::load;
 
@@ -152,48 +152,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .with_context(|| format!("{}: epoch {} is too large", path.display(), c.epoch))?;
     }
     let mut on_epoch_end = args.checkpoint.as_deref().map(checkpoint::save_every_epoch);
-    let report =
-        fit_with_epoch_end(
-            backend.as_mut(),
-            &data,
-            &config,
-            print_event,
-            |b, m| match on_epoch_end.as_mut() {
-                Some(save) => save(b, m),
-                None => Ok(ControlFlow::Continue(())),
-            },
-        )
-        .with_context(|| format!("training {}", args.model.display()))?;
+    let report = fit_with_epoch_end(
+        backend.as_mut(),
+        &data,
+        &config,
+        runtime::report::print_event,
+        |b, m| match on_epoch_end.as_mut() {
+            Some(save) => save(b, m),
+            None => Ok(ControlFlow::Continue(())),
+        },
+    )
+    .with_context(|| format!("training {}", args.model.display()))?;
     if let Some(path) = &args.checkpoint {
         let epoch = config.completed_epochs + report.epochs_run;
         eprintln!("saved checkpoint {} (epoch {epoch})", path.display());
     }
-    println!(
-        "done: {} steps, {} epoch(s){}, final test loss {:.4}{}",
-        report.steps,
-        report.epochs_run,
-        if report.stopped_early { " (stopped early)" } else { "" },
-        report.final_test_loss,
-        report
-            .final_test_accuracy
-            .map(|a| format!(", test accuracy {:.2}%", 100.0 * a))
-            .unwrap_or_default()
-    );
+    println!("{}", runtime::report::done_line(&report));
     Ok(())
-}
-
-fn print_event(event: &TrainEvent) {
-    match event {
-        TrainEvent::Step { step, loss } => println!("step {step:>6}  loss {loss:.4}"),
-        TrainEvent::Epoch { epoch, train_loss, test_loss, test_accuracy, images_per_sec, seconds } => {
-            let acc = test_accuracy.map(|a| format!(", test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-            println!(
-                "epoch {epoch}: train loss {train_loss:.4}, test loss {test_loss:.4}{acc}, {images_per_sec:.0} images/s, {seconds:.1} s"
-            );
-        }
-        TrainEvent::EarlyStop { epoch, best_epoch, best_test_loss } => println!(
-            "early stopping after epoch {epoch}: best test loss {best_test_loss:.4} at epoch {best_epoch}"
-        ),
-        _ => {}
-    }
 }

@@ -1,12 +1,15 @@
 //! The commands: train (with checkpoints) and eval.
 
 use std::ffi::OsString;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use kiln_runtime::checkpoint::{self, Checkpointable};
 use kiln_runtime::compiled::Executor;
 use kiln_runtime::report::{done_line, print_event};
-use kiln_runtime::{bundled, fit, load_dir, DataSplit, EarlyStopping, TrainConfig};
+use kiln_runtime::{
+    bundled, evaluate, fit_with_epoch_end, load_dir, DataSplit, EarlyStopping, TrainConfig,
+};
 
 use crate::cli::{parse, Command, EvalArgs, TrainArgs};
 use crate::manifest::Embedded;
@@ -52,7 +55,7 @@ fn executor(embedded: Embedded, threads: usize) -> Result<Executor, Error> {
 /// Loads a checkpoint and restores it, with errors naming the file.
 fn resume(executor: &mut Executor, path: &Path) -> Result<checkpoint::Checkpoint, Error> {
     let c = checkpoint::load(path)?;
-    executor.restore(&c).map_err(|e| format!("cannot resume from {}: {e}", path.display()))?;
+    executor.restore(&c).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(c)
 }
 
@@ -68,14 +71,19 @@ fn train(args: TrainArgs, embedded: Embedded) -> Result<(), Error> {
         }
         epochs = e;
     }
+    if let Some(path) = &args.checkpoint {
+        // Report an unwritable path now, not after the first epoch.
+        checkpoint::check_writable(path)?;
+    }
     let data = data(args.data.as_deref())?;
     if let (Some(steps), None) = (args.steps, args.epochs) {
         // `--steps N` alone means N steps, however many epochs that takes.
         let per_epoch = data.train.len.div_ceil(batch_size).max(1);
         epochs = epochs.max(steps.div_ceil(per_epoch));
     }
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         epochs,
+        completed_epochs: 0,
         batch_size,
         seed: args.seed.unwrap_or(t.seed),
         max_steps: args.steps,
@@ -90,20 +98,23 @@ fn train(args: TrainArgs, embedded: Embedded) -> Result<(), Error> {
         "training {model} on {} with the compiled kernels of this executable: {} epoch(s), batch {}",
         data.source, config.epochs, config.batch_size
     );
-    let mut epoch = 0;
     if let Some(path) = &args.resume {
         let c = resume(&mut executor, path)?;
         eprintln!("resumed from {} (step {}, epoch {})", path.display(), c.step, c.epoch);
-        epoch = c.epoch;
+        config.completed_epochs = usize::try_from(c.epoch)
+            .map_err(|_| format!("{}: epoch {} is too large", path.display(), c.epoch))?;
     }
-    let report = fit(&mut executor, &data, &config, print_event)
-        .map_err(|e| format!("training {model}: {e}"))?;
+    let mut on_epoch_end = args.checkpoint.as_deref().map(checkpoint::save_every_epoch);
+    let report = fit_with_epoch_end(&mut executor, &data, &config, print_event, |b, m| {
+        match on_epoch_end.as_mut() {
+            Some(save) => save(b, m),
+            None => Ok(ControlFlow::Continue(())),
+        }
+    })
+    .map_err(|e| format!("training {model}: {e}"))?;
     if let Some(path) = &args.checkpoint {
-        // TODO(runtime-rss): save after every epoch through fit's epoch-end hook.
-        let mut c = executor.checkpoint();
-        c.epoch = epoch + report.epochs_run as u64;
-        checkpoint::save(path, &c)?;
-        eprintln!("saved checkpoint {} (epoch {})", path.display(), c.epoch);
+        let epoch = config.completed_epochs + report.epochs_run;
+        eprintln!("saved checkpoint {} (epoch {epoch})", path.display());
     }
     println!("{}", done_line(&report));
     Ok(())
@@ -114,7 +125,7 @@ fn eval(args: EvalArgs, embedded: Embedded) -> Result<(), Error> {
     let mut executor = executor(embedded, threads(args.threads))?;
     let c = resume(&mut executor, &args.checkpoint)?;
     let data = data(args.data.as_deref())?;
-    let (loss, accuracy) = kiln_runtime::evaluate(&mut executor, &data.test, batch_size, 0)?;
+    let (loss, accuracy) = evaluate(&mut executor, &data.test, batch_size, 0)?;
     println!(
         "{}: step {}, epoch {}: test loss {loss:.4}{} on {} images",
         args.checkpoint.display(),
