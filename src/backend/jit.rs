@@ -12,7 +12,7 @@ use std::time::Instant;
 use kiln_compiler::codegen::{compile, CompiledKernels};
 use kiln_compiler::memory::Persistent;
 use kiln_compiler::program::{build, initial_persistent, Io, Program};
-use kiln_compiler::step::{evaluation, training_step};
+use kiln_compiler::step::{compiled_evaluation, compiled_training_step, CompileOptions};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, Model};
 use kiln_runtime::checkpoint::check_compatible;
@@ -55,6 +55,8 @@ pub struct JitBackend {
     stats: JitStats,
     /// The shape of every persistent buffer, for checkpoints.
     shapes: BTreeMap<String, Vec<usize>>,
+    /// How graphs are compiled.
+    options: CompileOptions,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> BackendError {
@@ -65,9 +67,18 @@ impl JitBackend {
     /// Compiles the training step of `model` for its batch size and initialises the
     /// parameters; kernels run on `threads` threads.
     pub fn new(model: Model, threads: usize) -> Result<Self, CompileError> {
+        Self::with_options(model, threads, CompileOptions::default())
+    }
+
+    /// Like [`JitBackend::new`], with compile options (e.g. fusion off).
+    pub fn with_options(
+        model: Model,
+        threads: usize,
+        options: CompileOptions,
+    ) -> Result<Self, CompileError> {
         let batch = model.training.batch_size;
         let start = Instant::now();
-        let first = training_step(&model, batch)?;
+        let (first, _) = compiled_training_step(&model, batch, &options)?;
         let mut persistent = Persistent::default();
         persistent.add_from(&first.graph);
         let arena = initial_persistent(&[&first.graph], &persistent);
@@ -94,6 +105,7 @@ impl JitBackend {
             step: 0,
             stats,
             shapes,
+            options,
         };
         backend.grow_arena();
         Ok(backend)
@@ -169,7 +181,8 @@ impl JitBackend {
             return Ok(());
         }
         let start = Instant::now();
-        let lg = evaluation(&self.model, self.model.training.batch_size)?;
+        let (lg, _) =
+            compiled_evaluation(&self.model, self.model.training.batch_size, &self.options)?;
         let program = build(&lg.graph, Io::from(&lg), &self.persistent)?;
         self.eval = Some(compile_program(program, start, &mut self.stats)?);
         self.grow_arena();
