@@ -191,7 +191,7 @@ fn dump_shows_memory_kernels_and_clif() {
     let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "kernels", "--batch", "8"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("kernel dense_1 {") && text.contains("fma("), "{text}");
+    assert!(text.contains("kernel dense_1.relu {") && text.contains("fma("), "{text}");
 
     let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "clif", "--batch", "8"]);
     assert!(out.status.success(), "{}", stderr(&out));

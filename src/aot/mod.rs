@@ -14,6 +14,7 @@ mod link;
 use std::time::Instant;
 
 use kiln_compiler::codegen::object::{emit_object, ObjectProgram, ObjectSpec};
+use kiln_compiler::step::CompileOptions;
 use kiln_compiler::CompileError;
 use kiln_ir::model::Model;
 
@@ -41,7 +42,7 @@ pub struct Emitted {
 /// for `--help`. The same model always gives the same bytes.
 pub fn emit(model: &Model, source: Option<&str>) -> Result<Emitted, CompileError> {
     let start = Instant::now();
-    let lowered = Lowered::train(model)?;
+    let lowered = Lowered::train(model, &CompileOptions::default())?;
     let eval = lowered.lower_eval(model)?;
     let mut layout = lowered.layout.clone();
     layout.eval = Some(program_layout(ProgramKind::Eval, &eval));

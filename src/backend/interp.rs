@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use kiln_compiler::interp::{run, Variables};
 use kiln_compiler::program::Io;
-use kiln_compiler::step::{evaluation, training_step, TrainGraph};
+use kiln_compiler::step::{
+    compiled_evaluation, compiled_training_step, CompileOptions, TrainGraph,
+};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, LossGraph, Model};
 use kiln_ir::{EvalCtx, Graph, NodeId, Shape, Tensor};
@@ -25,15 +27,21 @@ pub struct InterpreterBackend {
     train: TrainGraph,
     eval: Option<LossGraph>,
     step: u64,
+    options: CompileOptions,
 }
 
 impl InterpreterBackend {
     /// A backend for `model`, its parameters initialised from the model's seed.
     pub fn new(model: Model) -> Result<Self, CompileError> {
-        let train = training_step(&model, model.training.batch_size)?;
+        Self::with_options(model, CompileOptions::default())
+    }
+
+    /// Like [`InterpreterBackend::new`], with compile options (e.g. fusion off).
+    pub fn with_options(model: Model, options: CompileOptions) -> Result<Self, CompileError> {
+        let (train, _) = compiled_training_step(&model, model.training.batch_size, &options)?;
         let mut vars = Variables::default();
         vars.init_from(&train.graph);
-        Ok(InterpreterBackend { model, vars, train, eval: None, step: 0 })
+        Ok(InterpreterBackend { model, vars, train, eval: None, step: 0, options })
     }
 
     /// The current parameter and state values.
@@ -81,8 +89,9 @@ impl StepBackend for InterpreterBackend {
 
     fn eval_step(&mut self, batch: &Batch<'_>) -> Result<EvalOutput, BackendError> {
         if self.eval.is_none() {
-            let lg =
-                evaluation(&self.model, self.model.training.batch_size).map_err(backend_error)?;
+            let batch = self.model.training.batch_size;
+            let (lg, _) =
+                compiled_evaluation(&self.model, batch, &self.options).map_err(backend_error)?;
             self.vars.init_from(&lg.graph);
             self.eval = Some(lg);
         }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use kiln_compiler::codegen::{compile, CompiledKernels};
 use kiln_compiler::program::Program;
+use kiln_compiler::step::CompileOptions;
 use kiln_compiler::CompileError;
 use kiln_ir::model::Model;
 use kiln_runtime::compiled::Executor;
@@ -35,16 +36,18 @@ pub struct JitStats {
 }
 
 /// How the JIT backend compiles and runs a model.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JitOptions {
     /// Threads the kernels run on (at least 1).
     pub threads: usize,
+    /// The compilation pipeline's options (the rewrite pass on or off).
+    pub compile: CompileOptions,
 }
 
 impl Default for JitOptions {
-    /// One thread.
+    /// One thread, default compilation (fusion on).
     fn default() -> Self {
-        JitOptions { threads: 1 }
+        JitOptions { threads: 1, compile: CompileOptions::default() }
     }
 }
 
@@ -84,13 +87,13 @@ impl JitBackend {
     /// Compiles the training step of `model` for its batch size and initialises the
     /// parameters; kernels run on `threads` threads.
     pub fn new(model: Model, threads: usize) -> Result<Self, CompileError> {
-        Self::with_options(model, &JitOptions { threads })
+        Self::with_options(model, &JitOptions { threads, compile: CompileOptions::default() })
     }
 
     /// Compiles the training step of `model` as `options` say.
     pub fn with_options(model: Model, options: &JitOptions) -> Result<Self, CompileError> {
         let start = Instant::now();
-        let lowered = Lowered::train(&model)?;
+        let lowered = Lowered::train(&model, &options.compile)?;
         let mut stats =
             JitStats { lower_ms: start.elapsed().as_secs_f64() * 1e3, ..JitStats::default() };
         let (code, fns) = compile_program(&lowered.train, &mut stats)?;

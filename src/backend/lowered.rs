@@ -4,7 +4,7 @@
 
 use kiln_compiler::memory::Persistent;
 use kiln_compiler::program::{build, initial_persistent, Io, Program};
-use kiln_compiler::step::{evaluation, training_step};
+use kiln_compiler::step::{compiled_evaluation, compiled_training_step, CompileOptions};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{thousands, Loss, Model, Optimizer};
 use kiln_runtime::compiled::{
@@ -36,6 +36,8 @@ pub struct Lowered {
     pub layout: ModelLayout,
     /// The initial parameters and optimizer state (the persistent region).
     pub initial: Vec<f32>,
+    /// How the graphs were compiled (evaluation is compiled the same way).
+    pub options: CompileOptions,
     /// The training program.
     pub train: Program,
     /// Where every persistent variable lives (evaluation shares it).
@@ -44,8 +46,8 @@ pub struct Lowered {
 
 impl Lowered {
     /// Builds and lowers the training step of `model` for its batch size.
-    pub fn train(model: &Model) -> Result<Self, CompileError> {
-        let tg = training_step(model, model.training.batch_size)?;
+    pub fn train(model: &Model, options: &CompileOptions) -> Result<Self, CompileError> {
+        let (tg, _) = compiled_training_step(model, model.training.batch_size, options)?;
         let mut persistent = Persistent::default();
         persistent.add_from(&tg.graph);
         let initial = initial_persistent(&[&tg.graph], &persistent);
@@ -76,12 +78,12 @@ impl Lowered {
             eval: None,
             training: settings(model)?,
         };
-        Ok(Lowered { layout, initial, train, persistent })
+        Ok(Lowered { layout, initial, train, persistent, options: *options })
     }
 
     /// Builds and lowers the evaluation program of `model` over the same persistent region.
     pub fn lower_eval(&self, model: &Model) -> Result<Program, CompileError> {
-        let lg = evaluation(model, model.training.batch_size)?;
+        let (lg, _) = compiled_evaluation(model, model.training.batch_size, &self.options)?;
         Ok(build(&lg.graph, Io::from(&lg), &self.persistent)?)
     }
 }

@@ -30,6 +30,9 @@ pub struct DumpArgs {
     /// Batch size the graph is specialised to (default: the model file's).
     #[arg(long)]
     batch: Option<usize>,
+    /// Skip the rewrite pass (fusion and clean-up) before the memory, kernels and clif stages.
+    #[arg(long)]
+    no_fusion: bool,
     /// With `--stage fused`: for each fused node, the ops it covers and the rules that made it.
     #[arg(long)]
     explain: bool,
@@ -61,7 +64,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
     let batch = args.batch.unwrap_or(model.training.batch_size);
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
     let options = CompileOptions {
-        fusion: false,
+        fusion: !args.no_fusion,
         rewrite: RewriteOptions { explain: args.explain, ..Default::default() },
     };
     let graph: Graph = match args.stage {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use kiln::backend::{InterpreterBackend, JitBackend};
+use kiln::backend::{InterpreterBackend, JitBackend, JitOptions};
+use kiln::compiler::step::CompileOptions;
 use kiln::runtime::checkpoint::{self, Checkpointable};
 use kiln::runtime::{self, fit_with_epoch_end, StepBackend, TrainConfig};
 
@@ -22,6 +23,9 @@ pub struct TrainArgs {
     /// Threads for the compiled kernels (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compile without the egg rewrite pass (fusion and clean-up), for comparison.
+    #[arg(long)]
+    no_fusion: bool,
     /// A directory with MNIST-format IDX files (train-images-idx3-ubyte[.gz], …); default: the
     /// bundled 5,000/1,000-image MNIST subset.
     #[arg(long)]
@@ -128,9 +132,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.epochs,
         config.batch_size
     );
+    let options = CompileOptions { fusion: !args.no_fusion, ..Default::default() };
     let mut backend: Box<dyn TrainBackend> = match args.backend {
         Backend::Jit => {
-            let b = JitBackend::new(model.clone(), threads(args.threads))?;
+            let b = JitBackend::with_options(
+                model.clone(),
+                &JitOptions { threads: threads(args.threads), compile: options },
+            )?;
             let s = b.stats();
             eprintln!(
                 "compiled {} kernels in {:.1} ms (graph and lowering {:.1} ms, Cranelift {:.1} ms); arena {:.1} MB",
@@ -142,7 +150,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             );
             Box::new(b)
         }
-        Backend::Interp => Box::new(InterpreterBackend::new(model.clone())?),
+        Backend::Interp => Box::new(InterpreterBackend::with_options(model.clone(), options)?),
     };
     if let Some(path) = &args.resume {
         let c = checkpoint::load(path).map_err(flat)?;

@@ -6,6 +6,7 @@ use kiln_ir::ops::BCE_EPS;
 use super::nest::{
     affine, declare, for_loop, nest, set, splat_const, store, sum_run, Map, PAR_MIN,
 };
+use super::softmax::{exp_sum, row_max};
 use super::Cx;
 use crate::kernel::{Binary, Cmp, Expr, Index, Kernel, LoopKind, Unary};
 
@@ -123,6 +124,52 @@ pub(super) fn softmax_cross_entropy(cx: &Cx<'_>) -> Vec<Kernel> {
     }
     body.push(store(y, Index::constant(0), Expr::reg(total)));
     k.body = body;
+    vec![k]
+}
+
+/// `softmax_cross_entropy_grad(logits [N, C], labels [N], weights [N], g [])`: one kernel,
+/// one row per iteration (parallel over rows when large). The row maximum and
+/// `y = exp(x - max)` with its sum are computed as `softmax` computes them; then one scalar
+/// pass `y[j] = (y[j] / sum - (j == label ? 1 : 0)) * (w[row] * g)` rounds as the unfused
+/// chain (softmax, one_hot, sub, mul) does. Labels outside the classes match no class.
+pub(super) fn softmax_cross_entropy_grad(cx: &Cx<'_>) -> Vec<Kernel> {
+    let (n, c) = (cx.out_shape().dim(0), cx.out_shape().dim(1));
+    if n * c == 0 {
+        return Vec::new();
+    }
+    let mut k = Kernel::new(cx.name());
+    let x = declare(&mut k, &cx.input(0));
+    let l = declare(&mut k, &cx.input(1));
+    let w = declare(&mut k, &cx.input(2));
+    let g = declare(&mut k, &cx.input(3));
+    let y = declare(&mut k, &cx.out());
+    let dims: &[usize] = if n > 1 { &[n] } else { &[] };
+    let parallel = n > 1 && n * c >= PAR_MIN;
+    k.body = nest(&mut k, dims, parallel, |k, vars| {
+        let row = affine(0, &[1], vars);
+        let base = affine(0, &[c as i64], vars);
+        let at = |i: &Index| base.clone().plus_index(i);
+        let (mut s, max) = row_max(k, x, &at, c);
+        let (sum_stmts, sum) = exp_sum(k, x, y, &at, c, max);
+        s.extend(sum_stmts);
+        let (label, scale) = (k.reg("label", 1, 1), k.reg("scale", 1, 1));
+        let g0 = Expr::load(g, Index::constant(0), 1);
+        s.push(set(label, Expr::load(l, row.clone(), 1)));
+        s.push(set(scale, Expr::load(w, row, 1).bin(Binary::Mul, g0)));
+        let j = k.var();
+        let col = at(&Index::var(j, 1));
+        let p = Expr::load(y, col.clone(), 1).bin(Binary::Div, Expr::reg(sum));
+        let one_hot = Expr::select(
+            Cmp::Eq,
+            Expr::IndexValue(Index::var(j, 1)),
+            Expr::reg(label),
+            Expr::c(1.0),
+            Expr::c(0.0),
+        );
+        let value = p.bin(Binary::Sub, one_hot).bin(Binary::Mul, Expr::reg(scale));
+        s.push(for_loop(j, c, 1, LoopKind::Serial, vec![store(y, col, value)]));
+        s
+    });
     vec![k]
 }
 
