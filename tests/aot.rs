@@ -2,31 +2,14 @@
 //! `kiln train`, round-trip checkpoints through `eval` and `--resume`, rebuild byte-identically,
 //! and exit with status 2 and a message naming the file on bad input.
 
+mod common;
+
+use common::{kiln, root, run, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use kiln::runtime::checkpoint::{load, Checkpoint};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program).args(args).current_dir(root()).output().expect("run a program")
-}
-
-fn kiln(args: &[&str]) -> Output {
-    run(Path::new(env!("CARGO_BIN_EXE_kiln")), args)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "status {:?}\n{}\n{}", o.status, stdout(&o), stderr(&o));

@@ -1,8 +1,9 @@
 //! Checkpoints end to end: `kiln train --checkpoint/--resume`, and save → restore into a fresh
 //! backend continuing bit-identically.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use common::{kiln, root, stderr, stdout};
 
 use kiln::backend::{InterpreterBackend, JitBackend};
 use kiln::ir::model::Model;
@@ -10,26 +11,6 @@ use kiln::runtime::checkpoint::{load, save, save_every_epoch};
 use kiln::runtime::{
     bundled, fit, fit_with_epoch_end, Batch, Checkpoint, Checkpointable, StepBackend, TrainConfig,
 };
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run kiln")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// The printed metrics of `epoch` (its `epoch N:` line without the throughput and time).
 fn epoch_metrics(stdout: &str, epoch: usize) -> String {

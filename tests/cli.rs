@@ -1,27 +1,9 @@
 //! End-to-end tests of the `kiln` binary: exit statuses, messages and a short training run.
 
+mod common;
+
+use common::{kiln, root, stderr, stdout};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run kiln")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The last `test accuracy N%` that `kiln train` printed, in percent.
 fn final_test_accuracy(text: &str) -> f32 {
