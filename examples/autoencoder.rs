@@ -13,9 +13,8 @@
 
 mod common;
 
-use kiln::backend::JitBackend;
 use kiln::ir::model::{Activation, Loss, Model, Optimizer, Sequential, Target};
-use kiln::runtime::{fit, TrainReport};
+use kiln::runtime::TrainReport;
 
 /// The model: flat 784-pixel images in, the same out.
 pub fn model() -> Model {
@@ -32,17 +31,8 @@ pub fn model() -> Model {
 
 /// Trains the model with the command-line `args` (`[DATA_DIR] [--steps N] [--threads N]`).
 pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<TrainReport> {
-    let args = common::Args::parse(args)?;
-    let model = model();
-    let data = args.data()?;
-    let config = args.config(&model);
-    common::announce(&model, &data, &config)?;
-
-    let mut backend = JitBackend::new(model, args.threads())?;
     // The loss is the MSE: the per-epoch "test loss" is the reconstruction error.
-    let report = fit(&mut backend, &data, &config, common::print_event)?;
-    common::print_done(&report, "reconstruction MSE");
-    Ok(report)
+    common::train(model(), args, "reconstruction MSE")
 }
 
 fn main() -> anyhow::Result<()> {

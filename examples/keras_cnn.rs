@@ -13,9 +13,8 @@
 
 mod common;
 
-use kiln::backend::JitBackend;
 use kiln::ir::model::{Activation, Model, Optimizer, Sequential};
-use kiln::runtime::{fit, TrainReport};
+use kiln::runtime::TrainReport;
 
 /// The model: 93,322 parameters.
 #[rustfmt::skip] // one line per layer
@@ -35,16 +34,7 @@ pub fn model() -> Model {
 
 /// Trains the model with the command-line `args` (`[DATA_DIR] [--steps N] [--threads N]`).
 pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<TrainReport> {
-    let args = common::Args::parse(args)?;
-    let model = model();
-    let data = args.data()?;
-    let config = args.config(&model);
-    common::announce(&model, &data, &config)?;
-
-    let mut backend = JitBackend::new(model, args.threads())?;
-    let report = fit(&mut backend, &data, &config, common::print_event)?;
-    common::print_done(&report, "test loss");
-    Ok(report)
+    common::train(model(), args, "test loss")
 }
 
 fn main() -> anyhow::Result<()> {

@@ -11,9 +11,8 @@
 
 mod common;
 
-use kiln::backend::JitBackend;
 use kiln::ir::model::{Activation, Loss, Model, Optimizer, Sequential, Training};
-use kiln::runtime::{fit, TrainReport};
+use kiln::runtime::TrainReport;
 
 /// The model: 61,706 parameters.
 #[rustfmt::skip] // one line per layer
@@ -39,16 +38,7 @@ pub fn model() -> Model {
 
 /// Trains the model with the command-line `args` (`[DATA_DIR] [--steps N] [--threads N]`).
 pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<TrainReport> {
-    let args = common::Args::parse(args)?;
-    let model = model();
-    let data = args.data()?;
-    let config = args.config(&model);
-    common::announce(&model, &data, &config)?;
-
-    let mut backend = JitBackend::new(model, args.threads())?;
-    let report = fit(&mut backend, &data, &config, common::print_event)?;
-    common::print_done(&report, "test loss");
-    Ok(report)
+    common::train(model(), args, "test loss")
 }
 
 fn main() -> anyhow::Result<()> {

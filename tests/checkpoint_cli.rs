@@ -1,28 +1,35 @@
 //! Checkpoints end to end: `kiln train --checkpoint/--resume`, and save → restore into a fresh
 //! backend continuing bit-identically.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use common::{kiln, root, stderr, stdout};
 
 use kiln::backend::{InterpreterBackend, JitBackend};
 use kiln::ir::model::Model;
-use kiln::runtime::checkpoint::{load, save};
-use kiln::runtime::{Batch, Checkpointable, StepBackend};
+use kiln::runtime::checkpoint::{load, save, save_every_epoch};
+use kiln::runtime::{
+    bundled, fit, fit_with_epoch_end, Batch, Checkpoint, Checkpointable, StepBackend, TrainConfig,
+};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The printed metrics of `epoch` (its `epoch N:` line without the throughput and time).
+fn epoch_metrics(stdout: &str, epoch: usize) -> String {
+    let prefix = format!("epoch {epoch}: ");
+    let line =
+        stdout.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{stdout}"));
+    line.split(" images/s").next().and_then(|l| l.rsplit_once(", ")).unwrap().0.to_string()
 }
 
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run kiln")
-}
+/// A checkpoint's tensors with their values as bits, so comparisons are exact.
+type TensorBits = Vec<(String, Vec<usize>, Vec<u32>)>;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// A checkpoint's step, epoch and tensors as bits (NaN and -0 compare exactly).
+fn bits(c: &Checkpoint) -> (u64, u64, TensorBits) {
+    let tensors = c
+        .tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.iter().map(|x| x.to_bits()).collect()));
+    (c.step, c.epoch, tensors.collect())
 }
 
 fn model(name: &str) -> Model {
@@ -77,6 +84,77 @@ fn train_with_checkpoint_then_resume() {
 }
 
 #[test]
+fn two_epochs_straight_equal_one_epoch_then_a_resumed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, split) = (dir.path().join("straight.st"), dir.path().join("split.st"));
+    let (straight, split) = (straight.to_str().unwrap(), split.to_str().unwrap());
+    let train = |extra: &[&str]| {
+        let args =
+            [&["train", "examples/models/mlp.json", "--batch", "128", "--log-every", "0"], extra];
+        let out = kiln(&args.concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let whole = stdout(&train(&["--epochs", "2", "--checkpoint", straight]));
+    let first = stdout(&train(&["--epochs", "1", "--checkpoint", split]));
+    assert_eq!(load(split).unwrap().epoch, 1);
+    let out = train(&["--epochs", "1", "--resume", split, "--checkpoint", split]);
+    assert!(stderr(&out).contains("(step 40, epoch 1)"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("saved checkpoint"), "{}", stderr(&out));
+    let second = stdout(&out);
+
+    assert_eq!(epoch_metrics(&first, 1), epoch_metrics(&whole, 1));
+    assert_eq!(epoch_metrics(&second, 2), epoch_metrics(&whole, 2), "resumed as epoch 2");
+    let (a, b) = (load(straight).unwrap(), load(split).unwrap());
+    assert_eq!((a.step, a.epoch), (80, 2), "40 steps of 128 per epoch");
+    assert!(bits(&a) == bits(&b), "final parameters and optimizer state differ");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file is left");
+}
+
+#[test]
+fn a_resumed_fit_reaches_the_same_test_loss_bit_for_bit() {
+    // maxout_mlp has dropout (its masks follow the step counter) and momentum state.
+    let mut m = model("maxout_mlp");
+    m.training.batch_size = 100;
+    let data = bundled().unwrap();
+    let config = |epochs, completed_epochs| TrainConfig {
+        epochs,
+        completed_epochs,
+        batch_size: m.training.batch_size,
+        seed: 5,
+        log_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut straight = JitBackend::new(m.clone(), 2).unwrap();
+    let whole = fit(&mut straight, &data, &config(2, 0), |_| {}).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch1.safetensors");
+    let mut first = JitBackend::new(m.clone(), 2).unwrap();
+    fit_with_epoch_end(&mut first, &data, &config(1, 0), |_| {}, save_every_epoch(&file)).unwrap();
+    let mut resumed = JitBackend::new(m.clone(), 2).unwrap();
+    resumed.restore(&load(&file).unwrap()).unwrap();
+    let rest = fit(&mut resumed, &data, &config(1, 1), |_| {}).unwrap();
+
+    assert_eq!(rest.final_test_loss.to_bits(), whole.final_test_loss.to_bits());
+    assert_eq!(rest.final_test_accuracy, whole.final_test_accuracy);
+    assert_eq!(rest.losses, whole.losses[50..], "epoch 2's step losses");
+    assert!(bits(&resumed.checkpoint()) == bits(&straight.checkpoint()));
+}
+
+#[test]
+fn an_unwritable_checkpoint_path_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        kiln(&["train", "examples/models/mlp.json", "--checkpoint", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("cannot write checkpoint: it is a directory"), "{err}");
+    assert!(!stdout(&out).contains("epoch 1"), "no training happened");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn resuming_a_checkpoint_of_another_model_exits_2_naming_the_models() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lenet.safetensors");
@@ -118,7 +196,9 @@ fn checkpointing_into_a_missing_directory_exits_2() {
         file.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("a.safetensors"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}: cannot write checkpoint", file.display())), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "the cause is given once: {err}");
 }
 
 /// Runs `steps` training steps from step `from`, returning the losses' bits.

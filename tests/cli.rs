@@ -1,27 +1,9 @@
 //! End-to-end tests of the `kiln` binary: exit statuses, messages and a short training run.
 
+mod common;
+
+use common::{kiln, root, stderr, stdout};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run kiln")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The last `test accuracy N%` that `kiln train` printed, in percent.
 fn final_test_accuracy(text: &str) -> f32 {
@@ -106,6 +88,28 @@ fn dump_prints_text_and_dot() {
 }
 
 #[test]
+fn dump_fused_explains_each_fusion() {
+    let args = ["dump", "examples/models/keras_cnn.json", "--stage", "fused", "--explain"];
+    let out = kiln(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("# stage fusion: Saturated"), "{text}");
+    assert!(
+        text.contains(
+            "# %conv2d_1.relu = conv2d_bias_act covers conv2d_1, conv2d_1.bias_add, conv2d_1.relu"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("#   by conv-bias -> conv-bias-relu"), "{text}");
+    assert!(text.contains("= max_pool2d_grad_relu(%conv2d_2.relu, %d.max_pool2d_2)"), "{text}");
+    // The graph part parses back.
+    let graph: String =
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    let parsed = kiln::ir::text::parse(&graph).expect("dump parses");
+    assert_eq!(kiln::ir::text::print(&parsed).unwrap(), graph);
+}
+
+#[test]
 fn missing_files_and_bad_arguments_exit_2() {
     let out = kiln(&["check", "no/such/model.json"]);
     assert_eq!(out.status.code(), Some(2));
@@ -169,7 +173,7 @@ fn dump_shows_memory_kernels_and_clif() {
     let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "kernels", "--batch", "8"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("kernel dense_1 {") && text.contains("fma("), "{text}");
+    assert!(text.contains("kernel dense_1.relu {") && text.contains("fma("), "{text}");
 
     let out = kiln(&["dump", "examples/models/mlp.json", "--stage", "clif", "--batch", "8"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -17,6 +17,7 @@ pub mod lower;
 pub mod memory;
 pub mod optimizer;
 pub mod program;
+pub mod rewrite;
 pub mod step;
 
 use kiln_ir::model::ModelError;

@@ -281,19 +281,58 @@ fn random_ops_with_a_fixed_step() {
 
 #[test]
 fn losses() {
+    // Uneven example weights, one of them zero (a padding row).
     let labels = Tensor::new([4], vec![2.0, 0.0, 4.0, 2.0]);
+    let weights4 = Tensor::new([4], vec![0.25, 0.5, 0.0, 0.25]);
     check(
         "softmax_cross_entropy",
         SoftmaxCrossEntropy {},
-        vec![Param(vec![4, 5], Any), Fixed(labels)],
+        vec![Param(vec![4, 5], Any), Fixed(labels), Fixed(weights4)],
     );
-    check("mse", MeanSquaredError {}, vec![Param(vec![3, 4], Any), Param(vec![3, 4], Any)]);
+    let weights3 = Tensor::new([3], vec![0.5, 0.0, 0.5]);
+    check(
+        "mse",
+        MeanSquaredError {},
+        vec![Param(vec![3, 4], Any), Param(vec![3, 4], Any), Fixed(weights3.clone())],
+    );
+    check(
+        "mse_rank4",
+        MeanSquaredError {},
+        vec![Param(vec![3, 2, 2, 1], Any), Fixed(Tensor::zeros([3, 2, 2, 1])), Fixed(weights3)],
+    );
     let target = Tensor::new([2, 3], vec![0.0, 1.0, 0.3, 1.0, 0.0, 0.8]);
     check(
         "binary_cross_entropy",
         BinaryCrossEntropy {},
-        vec![Param(vec![2, 3], Prob), Fixed(target)],
+        vec![Param(vec![2, 3], Prob), Fixed(target), Fixed(Tensor::new([2], vec![0.7, 0.3]))],
     );
+}
+
+/// A loss over a batch padded with zero-weight rows equals the loss over the real rows alone,
+/// and the padding rows get no gradient.
+#[test]
+fn padding_rows_do_not_count() {
+    let logits: Vec<f64> = (0..15).map(|i| ((i * 7) % 11) as f64 / 3.0 - 1.5).collect();
+    let build = |n: usize, weights: Vec<f64>| {
+        let mut g = Graph::new();
+        let x = g.leaf(Parameter { init: Init::Zeros, seed: 0 }, Shape::new([n, 5]), "x").unwrap();
+        let l = g.leaf(Input {}, Shape::new([n]), "labels").unwrap();
+        let w = g.leaf(Input {}, Shape::new([n]), "weights").unwrap();
+        let loss = g.add(SoftmaxCrossEntropy {}, &[x, l, w], "loss").unwrap();
+        let dx = gradients(&mut g, loss, &[x]).unwrap()[0];
+        let mut feeds = HashMap::new();
+        feeds.insert(l, Tensor::new([n], vec![1.0, 4.0, 0.0][..n].to_vec()));
+        feeds.insert(w, Tensor::new([n], weights));
+        let mut vars = Variables::default();
+        vars.set("x", Tensor::new([n, 5], logits[..n * 5].to_vec()));
+        let values = run(&g, &feeds, &mut vars, &EvalCtx::default()).unwrap();
+        (values[&loss].data[0], values[&dx].data.clone())
+    };
+    let (real, d_real) = build(2, vec![0.5, 0.5]);
+    let (padded, d_padded) = build(3, vec![0.5, 0.5, 0.0]);
+    assert!((real - padded).abs() < 1e-12, "{real} vs {padded}");
+    assert_eq!(&d_padded[..10], &d_real[..]);
+    assert!(d_padded[10..].iter().all(|&v| v == 0.0), "{:?}", &d_padded[10..]);
 }
 
 #[test]

@@ -6,7 +6,10 @@ use kiln_compiler::kernel::print::print;
 use kiln_compiler::kernel::Kernel;
 use kiln_compiler::lower::lower;
 use kiln_compiler::memory::{plan, Persistent};
-use kiln_ir::ops::{Conv2d, Input, MatMul, MaxPool2d, PadMode, Padding, Relu, SoftmaxCrossEntropy};
+use kiln_ir::ops::{
+    Conv2d, Input, MatMul, MaxPool2d, PadMode, Padding, Relu, ReluGrad, SoftmaxCrossEntropy,
+    SoftmaxCrossEntropyGrad,
+};
 use kiln_ir::{Graph, Op, Shape};
 
 /// The kernels of `op` applied to inputs of the given shapes.
@@ -51,7 +54,18 @@ fn max_pool() {
 
 #[test]
 fn softmax_cross_entropy() {
-    insta::assert_snapshot!(text(&kernels(SoftmaxCrossEntropy {}, &[&[3, 10], &[3]])));
+    insta::assert_snapshot!(text(&kernels(SoftmaxCrossEntropy {}, &[&[3, 10], &[3], &[3]])));
+}
+
+#[test]
+fn fused_relu_grad() {
+    insta::assert_snapshot!(text(&kernels(ReluGrad {}, &[&[2, 7], &[2, 7]])));
+}
+
+#[test]
+fn fused_softmax_cross_entropy_grad() {
+    let op = SoftmaxCrossEntropyGrad {};
+    insta::assert_snapshot!(text(&kernels(op, &[&[3, 10], &[3], &[3], &[]])));
 }
 
 #[test]

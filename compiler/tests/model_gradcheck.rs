@@ -37,6 +37,7 @@ fn whole_models_match_finite_differences() {
         if let Some(l) = lg.labels {
             feeds.insert(l, Tensor::new([2], vec![3.0, 7.0]));
         }
+        feeds.insert(lg.weights, Tensor::new([2], vec![0.5, 0.5]));
         let ctx = EvalCtx { step: 1 };
         let values = run(&lg.graph, &feeds, &mut vars.clone(), &ctx).unwrap();
         let loss_with = |vars: &Variables| {

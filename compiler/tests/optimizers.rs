@@ -134,6 +134,7 @@ fn interpreter_training_lowers_the_loss_on_a_tiny_problem() {
         let feeds = HashMap::from([
             (step.input, Tensor::new([16, 4], x.clone())),
             (step.labels.unwrap(), Tensor::new([16], y.clone())),
+            (step.weights, Tensor::new([16], vec![1.0 / 16.0; 16])),
         ]);
         let losses: Vec<f64> = (0..60)
             .map(|s| {

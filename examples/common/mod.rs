@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use kiln::backend::JitBackend;
 use kiln::ir::model::Model;
-use kiln::runtime::{self, DataSplit, TrainConfig, TrainEvent, TrainReport};
+use kiln::runtime::{self, fit, DataSplit, TrainConfig, TrainEvent, TrainReport};
 
 /// The command line: `[DATA_DIR] [--steps N] [--threads N]`.
 #[derive(Debug, Default)]
@@ -111,4 +112,21 @@ pub fn announce(model: &Model, data: &DataSplit, config: &TrainConfig) -> Result
         model.name, data.source, config.epochs, config.batch_size
     );
     Ok(())
+}
+
+/// JIT-trains `model` with the command-line `args` (`[DATA_DIR] [--steps N] [--threads N]`),
+/// printing like `kiln train`; the final line names the test loss `loss_name`.
+pub fn train(
+    model: Model,
+    args: impl IntoIterator<Item = String>,
+    loss_name: &str,
+) -> Result<TrainReport> {
+    let args = Args::parse(args)?;
+    let data = args.data()?;
+    let config = args.config(&model);
+    announce(&model, &data, &config)?;
+    let mut backend = JitBackend::new(model, args.threads())?;
+    let report = fit(&mut backend, &data, &config, print_event)?;
+    print_done(&report, loss_name);
+    Ok(report)
 }

@@ -1,15 +1,18 @@
 //! Mini-batches over a [`Dataset`]: shuffled per epoch for training, in order for evaluation.
 //!
+//! Datasets keep their pixels as bytes; a batch is converted to `f32` ([`pixel_value`]) into
+//! buffers its batcher reuses, so only one batch at a time exists as `f32`.
+//!
 //! The shuffle is a Fisher-Yates pass driven by `ChaCha8Rng` drawing `u64` values, so the
 //! order for a given seed and epoch is the same on every machine.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::dataset::{Dataset, ShapeError};
+use crate::dataset::{pixel_value, Dataset, ShapeError};
 
-/// One batch handed to a backend: `x` is `len` examples, each `example_len` f32 values, row-major;
-/// `labels` holds `len` class ids as f32.
+/// One batch handed to a backend: `x` is `len` examples, each `example_len` f32 values in
+/// `[0, 1]`, row-major; `labels` holds `len` class ids as f32.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Batch<'a> {
     /// The examples, `len * example_len` values.
@@ -39,8 +42,37 @@ pub struct Batcher<'d> {
     seed: u64,
     order: Vec<usize>,
     pos: usize,
+    buffers: Buffers,
+}
+
+/// The `f32` storage of one batch, refilled from a dataset's bytes for every batch.
+#[derive(Debug)]
+struct Buffers {
     x: Vec<f32>,
     labels: Vec<f32>,
+}
+
+impl Buffers {
+    /// Room for batches of up to `batch_size` examples of `data`, allocated once.
+    fn for_batches_of(data: &Dataset, batch_size: usize) -> Self {
+        let cap = batch_size.min(data.len);
+        Buffers {
+            x: Vec::with_capacity(cap.saturating_mul(data.example_len())),
+            labels: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Converts the examples `indices` of `data` (which must pass `check`) to a batch.
+    fn fill(&mut self, data: &Dataset, indices: impl Iterator<Item = usize>) -> Batch<'_> {
+        let n = data.example_len();
+        self.x.clear();
+        self.labels.clear();
+        for i in indices {
+            self.x.extend(data.pixels[i * n..(i + 1) * n].iter().map(|&b| pixel_value(b)));
+            self.labels.push(f32::from(data.labels[i]));
+        }
+        Batch { x: &self.x, labels: &self.labels, len: self.labels.len() }
+    }
 }
 
 impl<'d> Batcher<'d> {
@@ -50,15 +82,13 @@ impl<'d> Batcher<'d> {
             return Err(BatchError::ZeroBatchSize);
         }
         data.check()?;
-        let cap = batch_size.min(data.len);
         Ok(Batcher {
             data,
             batch_size,
             seed,
             order: shuffled_order(data.len, seed, 0),
             pos: 0,
-            x: Vec::with_capacity(cap * data.example_len()),
-            labels: Vec::with_capacity(cap),
+            buffers: Buffers::for_batches_of(data, batch_size),
         })
     }
 
@@ -72,17 +102,10 @@ impl<'d> Batcher<'d> {
     ///
     /// The batch borrows the batcher's buffer, so it must be dropped before the next call.
     pub fn next_batch(&mut self) -> Option<Batch<'_>> {
-        let end = self.order.len().min(self.pos + self.batch_size);
+        let end = self.order.len().min(self.pos.saturating_add(self.batch_size));
         let indices = self.order.get(self.pos..end).filter(|s| !s.is_empty())?;
         self.pos = end;
-        let n = self.data.example_len();
-        self.x.clear();
-        self.labels.clear();
-        for &i in indices {
-            self.x.extend_from_slice(&self.data.images[i * n..(i + 1) * n]);
-            self.labels.push(self.data.labels[i]);
-        }
-        Some(Batch { x: &self.x, labels: &self.labels, len: indices.len() })
+        Some(self.buffers.fill(self.data, indices.iter().copied()))
     }
 
     /// The example order of the current epoch.
@@ -118,56 +141,86 @@ fn epoch_seed(seed: u64, epoch: u64) -> u64 {
     seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The batches of `data` in stored order, borrowing its storage directly (no copy).
+/// The batches of `data` in stored order (for evaluation), converted into one reused buffer.
 ///
-/// The caller must ensure `data.check()` passes and `batch_size > 0`; otherwise the
-/// iterator yields nothing.
-pub fn in_order(data: &Dataset, batch_size: usize) -> impl Iterator<Item = Batch<'_>> {
-    let usable = batch_size > 0 && data.check().is_ok();
-    let n = data.example_len();
-    let batches = if usable { data.len.div_ceil(batch_size) } else { 0 };
-    (0..batches).map(move |b| {
-        let start = b * batch_size;
-        let end = data.len.min(start + batch_size);
-        Batch {
-            x: &data.images[start * n..end * n],
-            labels: &data.labels[start..end],
-            len: end - start,
+/// Call [`InOrder::next_batch`] until it returns `None`. If `data.check()` fails or
+/// `batch_size` is 0, there are no batches.
+pub fn in_order(data: &Dataset, batch_size: usize) -> InOrder<'_> {
+    let end = if batch_size > 0 && data.check().is_ok() { data.len } else { 0 };
+    InOrder { data, batch_size, next: 0, end, buffers: Buffers::for_batches_of(data, batch_size) }
+}
+
+/// The batches of a dataset in stored order; made by [`in_order`].
+#[derive(Debug)]
+pub struct InOrder<'d> {
+    data: &'d Dataset,
+    batch_size: usize,
+    /// The first example of the next batch.
+    next: usize,
+    /// One past the last example to hand out (0 for unusable data).
+    end: usize,
+    buffers: Buffers,
+}
+
+impl InOrder<'_> {
+    /// The next batch, or `None` when every example has been handed out.
+    ///
+    /// The batch borrows this iterator's buffer, so it must be dropped before the next call.
+    pub fn next_batch(&mut self) -> Option<Batch<'_>> {
+        if self.next >= self.end {
+            return None;
         }
-    })
+        let start = self.next;
+        self.next = self.end.min(start.saturating_add(self.batch_size));
+        Some(self.buffers.fill(self.data, start..self.next))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `len` 1x2 images whose pixels are (i, -i) and whose label is i % 3.
+    /// `len` (at most 256) 1x2 images whose pixel bytes are (i, 255 - i) and whose label is
+    /// i % 3.
     fn data(len: usize) -> Dataset {
-        Dataset {
-            images: (0..len).flat_map(|i| [i as f32, -(i as f32)]).collect(),
-            labels: (0..len).map(|i| (i % 3) as f32).collect(),
-            len,
-            height: 1,
-            width: 2,
-            classes: 3,
-        }
+        let ids = 0..len as u8;
+        let pixels = ids.clone().flat_map(|i| [i, 255 - i]).collect();
+        Dataset::new(pixels, ids.map(|i| i % 3).collect(), 1, 2, 3).unwrap()
+    }
+
+    /// The example id of a converted batch example of `data`, checking its pixels and label.
+    fn id_of(pair: &[f32], label: f32) -> usize {
+        let i = (pair[0] * 255.0).round() as u8;
+        assert_eq!(pair, [pixel_value(i), pixel_value(255 - i)], "pixels stay together");
+        assert_eq!(label, f32::from(i % 3), "label follows its image");
+        usize::from(i)
+    }
+
+    /// The example ids of a batch.
+    fn ids(batch: &Batch<'_>) -> Vec<usize> {
+        assert_eq!(batch.x.len(), batch.len * 2);
+        assert_eq!(batch.labels.len(), batch.len);
+        batch.x.chunks(2).zip(batch.labels).map(|(pair, &l)| id_of(pair, l)).collect()
     }
 
     /// Runs one epoch and returns (example ids seen, batch lengths).
     fn epoch(b: &mut Batcher<'_>) -> (Vec<usize>, Vec<usize>) {
-        let (mut ids, mut lens) = (vec![], vec![]);
+        let (mut all, mut lens) = (vec![], vec![]);
         while let Some(batch) = b.next_batch() {
-            assert_eq!(batch.x.len(), batch.len * 2);
-            assert_eq!(batch.labels.len(), batch.len);
-            for (k, pair) in batch.x.chunks(2).enumerate() {
-                let i = pair[0] as usize;
-                assert_eq!(pair[1], -(i as f32), "pixels of one example stay together");
-                assert_eq!(batch.labels[k], (i % 3) as f32, "label follows its image");
-                ids.push(i);
-            }
+            all.extend(ids(&batch));
             lens.push(batch.len);
         }
-        (ids, lens)
+        (all, lens)
+    }
+
+    /// Every batch of an in-order pass: (example ids, batch length).
+    fn in_order_batches(d: &Dataset, batch_size: usize) -> Vec<(Vec<usize>, usize)> {
+        let mut it = in_order(d, batch_size);
+        let mut out = vec![];
+        while let Some(batch) = it.next_batch() {
+            out.push((ids(&batch), batch.len));
+        }
+        out
     }
 
     #[test]
@@ -229,17 +282,31 @@ mod tests {
         let d = data(0);
         let mut b = Batcher::new(&d, 4, 0).unwrap();
         assert!(b.next_batch().is_none());
-        assert_eq!(in_order(&d, 4).count(), 0);
+        assert!(in_order_batches(&d, 4).is_empty());
     }
 
     #[test]
-    fn in_order_covers_the_data_without_copying() {
+    fn in_order_covers_the_data_in_order() {
         let d = data(7);
-        let batches: Vec<_> = in_order(&d, 3).collect();
-        assert_eq!(batches.iter().map(|b| b.len).collect::<Vec<_>>(), vec![3, 3, 1]);
-        assert_eq!(batches[2].x, &[6.0, -6.0]);
-        assert_eq!(batches[1].labels, &[0.0, 1.0, 2.0]);
-        assert!(std::ptr::eq(batches[0].x.as_ptr(), d.images.as_ptr()));
-        assert_eq!(in_order(&d, 0).count(), 0);
+        let batches = in_order_batches(&d, 3);
+        assert_eq!(batches, vec![(vec![0, 1, 2], 3), (vec![3, 4, 5], 3), (vec![6], 1)]);
+        assert!(in_order_batches(&d, 0).is_empty());
+        assert_eq!(in_order_batches(&d, usize::MAX), vec![((0..7).collect(), 7)]);
+        let mut bad = data(7);
+        bad.labels.pop();
+        assert!(in_order_batches(&bad, 3).is_empty());
+    }
+
+    #[test]
+    fn batches_hold_the_scaled_bytes() {
+        let d = Dataset::new(vec![0, 51, 255, 102], vec![1, 0], 1, 2, 2).unwrap();
+        let mut it = in_order(&d, 2);
+        let batch = it.next_batch().unwrap();
+        assert_eq!(batch.x, [0.0, 0.2, 1.0, 0.4]);
+        assert_eq!(batch.labels, [1.0, 0.0]);
+        let mut b = Batcher::new(&d, 2, 0).unwrap();
+        let mut x = b.next_batch().unwrap().x.to_vec();
+        x.sort_by(f32::total_cmp);
+        assert_eq!(x, [0.0, 0.2, 0.4, 1.0]);
     }
 }

@@ -5,13 +5,18 @@
 //! the number of epochs completed are stored in the file's metadata (`model`, `step`, `epoch`).
 //! [`save`] is atomic: it writes a temporary file next to the target, syncs it and renames it
 //! over the target, so a crash never leaves a half-written checkpoint behind.
+//! [`save_every_epoch`] is the epoch-end callback of
+//! [`fit_with_epoch_end`](crate::fit_with_epoch_end) that saves one after every epoch.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::train::{EpochEndResult, EpochMetrics};
 
 /// A model's persistent values at some point of training.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +192,44 @@ pub fn check_compatible<'a>(
     Ok(())
 }
 
+/// An epoch-end callback for [`fit_with_epoch_end`](crate::fit_with_epoch_end): saves the
+/// backend's checkpoint to `path` with [`save`] after every epoch, recording the epoch's number
+/// (which counts the epochs of a resumed run), and never stops training.
+pub fn save_every_epoch<B: Checkpointable + ?Sized>(
+    path: &Path,
+) -> impl FnMut(&mut B, &EpochMetrics) -> EpochEndResult + '_ {
+    move |backend, metrics| {
+        let mut checkpoint = backend.checkpoint();
+        checkpoint.epoch = metrics.epoch as u64;
+        save(path, &checkpoint)?;
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Checks that [`save`] can write `path`, by creating and removing the temporary file it would
+/// write (`path` itself is not touched). Lets a caller report an unwritable path before a
+/// long training run rather than after its first epoch.
+pub fn check_writable(path: impl AsRef<Path>) -> Result<(), CheckpointError> {
+    let path = path.as_ref();
+    let write_err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
+    if path.is_dir() {
+        return Err(write_err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+    }
+    let tmp = temp_path(path).map_err(write_err)?;
+    File::create(&tmp).map_err(write_err)?;
+    fs::remove_file(&tmp).map_err(write_err)
+}
+
+/// Where [`save`] writes before renaming: `<name>.tmp-<pid>` next to `path`.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
+    })?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    Ok(path.with_file_name(tmp_name))
+}
+
 /// Writes `checkpoint` to `path` atomically: into `<name>.tmp-<pid>` in the same directory,
 /// synced, then renamed over `path`. On any error the temporary file is removed and `path` is
 /// left as it was.
@@ -194,12 +237,7 @@ pub fn save(path: impl AsRef<Path>, checkpoint: &Checkpoint) -> Result<(), Check
     let path = path.as_ref();
     let bytes = serialize(path, checkpoint)?;
     let write_err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
-    let file_name = path.file_name().ok_or_else(|| {
-        write_err(io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))
-    })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = temp_path(path).map_err(write_err)?;
 
     let mut file = File::create(&tmp).map_err(write_err)?;
     let written = file.write_all(&bytes).and_then(|()| file.sync_all());

@@ -52,7 +52,8 @@ struct Shared {
     pending: AtomicUsize,
     job: UnsafeCell<Job>,
     shutdown: AtomicBool,
-    threads: usize,
+    /// Threads in all, the caller included; set once the workers are started, before any job.
+    threads: AtomicUsize,
 }
 
 // The job cell is written only by the thread in `Pool::run` while no worker reads it (all are
@@ -74,7 +75,9 @@ fn chunk(work: usize, t: usize, threads: usize) -> (usize, usize) {
 }
 
 impl Pool {
-    /// A pool of `threads` threads in all (the caller counts as one); at least 1.
+    /// A pool of `threads` threads in all (the caller counts as one); at least 1. If the system
+    /// refuses to start that many (a huge `--threads`), the pool runs with those it could start:
+    /// results do not depend on the thread count, so this changes only the speed.
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
         let noop: &'static (dyn Fn(usize, usize) + Sync) = &|_, _| {};
@@ -83,29 +86,31 @@ impl Pool {
             pending: AtomicUsize::new(0),
             job: UnsafeCell::new((noop as *const _, 0)),
             shutdown: AtomicBool::new(false),
-            threads,
+            threads: AtomicUsize::new(1),
         });
-        let workers = (1..threads)
-            .map(|t| {
+        let workers: Vec<JoinHandle<()>> = (1..threads)
+            .map_while(|t| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("kiln-worker-{t}"))
                     .spawn(move || worker(&shared, t))
-                    .expect("spawn a worker thread")
+                    .ok()
             })
             .collect();
+        // Workers read the count only after they see a job, which comes after this store.
+        shared.threads.store(1 + workers.len(), Ordering::Release);
         Pool { shared, workers }
     }
 
     /// Number of threads, the caller included.
     pub fn threads(&self) -> usize {
-        self.shared.threads
+        self.shared.threads.load(Ordering::Acquire)
     }
 
     /// Runs `job(begin, end)` over contiguous ranges covering `[0, work)`, one per thread, and
     /// returns when all are done.
     pub fn run(&self, work: usize, job: &(dyn Fn(usize, usize) + Sync)) {
-        let threads = self.shared.threads.min(work);
+        let threads = self.threads().min(work);
         if threads <= 1 {
             if work > 0 {
                 job(0, work);
@@ -122,9 +127,10 @@ impl Pool {
             let job: *const (dyn Fn(usize, usize) + Sync + 'static) = std::mem::transmute(job);
             *s.job.get() = (job, work);
         }
-        s.pending.store(s.threads - 1, Ordering::Release);
+        let all = self.threads();
+        s.pending.store(all - 1, Ordering::Release);
         s.epoch.fetch_add(1, Ordering::AcqRel);
-        let (b, e) = chunk(work, 0, s.threads);
+        let (b, e) = chunk(work, 0, all);
         if b < e {
             job(b, e);
         }
@@ -159,7 +165,7 @@ fn worker(s: &Shared, t: usize) {
         }
         // SAFETY: published before the epoch changed; valid until `pending` reaches 0.
         let (f, work) = unsafe { *s.job.get() };
-        let (b, e) = chunk(work, t, s.threads);
+        let (b, e) = chunk(work, t, s.threads.load(Ordering::Acquire));
         if b < e {
             unsafe { (*f)(b, e) };
         }

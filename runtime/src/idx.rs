@@ -5,10 +5,10 @@
 //! row-major order. Compression is detected by the gzip magic bytes `1f 8b`, not by name.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
@@ -18,6 +18,10 @@ use crate::error::DataError;
 pub const TYPE_U8: u8 = 0x08;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Deflate expands its input at most about 1032-fold: a bound on the decompressed size of a
+/// gzip stream, so a lying header cannot make the reader reserve more than the data can fill.
+const MAX_GZIP_RATIO: u64 = 1032;
 
 /// An n-dimensional array of bytes read from an IDX file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,22 +33,22 @@ pub struct IdxArray {
 }
 
 /// Reads an IDX file, decompressing it first if it starts with the gzip magic bytes.
+///
+/// The file is streamed: only the decoded array is held in memory, never the whole
+/// (compressed or raw) file besides it.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let bytes = fs::read(path).map_err(|source| match source.kind() {
+    let open_err = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => DataError::NotFound { path: path.to_path_buf() },
         _ => DataError::Read { path: path.to_path_buf(), source },
-    })?;
-    parse_idx(&bytes, path)
+    };
+    let file = fs::File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    decode(BufReader::new(file), size, path)
 }
 
 /// Parses IDX bytes (raw or gzip-compressed); `path` is only used to name the source in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
-    if bytes.starts_with(&GZIP_MAGIC) {
-        let raw = gunzip(bytes, path)?;
-        parse_raw(&raw, path)
-    } else {
-        parse_raw(bytes, path)
-    }
+    decode(bytes, bytes.len() as u64, path)
 }
 
 /// Writes `data` with dimensions `dims` as a gzip-compressed IDX file of unsigned bytes.
@@ -79,60 +83,92 @@ pub fn encode_idx(dims: &[usize], data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
-    let mut raw = Vec::new();
-    MultiGzDecoder::new(bytes)
-        .read_to_end(&mut raw)
-        .map_err(|source| DataError::Gzip { path: path.to_path_buf(), source })?;
-    Ok(raw)
-}
-
 fn element_count(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
-fn parse_raw(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
-    let truncated = |part, expected| DataError::Truncated {
+/// Decodes an IDX stream of `size` bytes, gunzipping it if it starts with the gzip magic.
+fn decode(mut input: impl BufRead, size: u64, path: &Path) -> Result<IdxArray, DataError> {
+    let read_err = |source| DataError::Read { path: path.to_path_buf(), source };
+    let mut head = [0u8; 2];
+    let n = read_up_to(&mut input, &mut head).map_err(read_err)?;
+    let input = (&head[..n]).chain(input);
+    if head[..n] == GZIP_MAGIC {
+        let gzip_err = |source| DataError::Gzip { path: path.to_path_buf(), source };
+        let bound = size.saturating_mul(MAX_GZIP_RATIO);
+        parse_stream(MultiGzDecoder::new(input), bound, path, gzip_err)
+    } else {
+        parse_stream(input, size, path, read_err)
+    }
+}
+
+/// Parses an uncompressed IDX stream. `size_bound` caps the memory reserved up front (a
+/// header may claim any size); `io_err` wraps the stream's read errors.
+fn parse_stream(
+    mut input: impl Read,
+    size_bound: u64,
+    path: &Path,
+    io_err: impl Fn(io::Error) -> DataError,
+) -> Result<IdxArray, DataError> {
+    let truncated = |part, expected, found| DataError::Truncated {
         path: path.to_path_buf(),
         part,
         expected,
-        found: bytes.len(),
+        found,
     };
-    let magic: [u8; 4] = match bytes.get(..4) {
-        Some(m) => [m[0], m[1], m[2], m[3]],
-        None => return Err(truncated("header", 4)),
-    };
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut input, &mut magic).map_err(&io_err)?;
+    if n < magic.len() {
+        return Err(truncated("header", magic.len(), n));
+    }
     if magic[0] != 0 || magic[1] != 0 {
         return Err(DataError::BadMagic { path: path.to_path_buf(), found: magic });
     }
     if magic[2] != TYPE_U8 {
         return Err(DataError::UnsupportedType { path: path.to_path_buf(), code: magic[2] });
     }
-    let header_len = 4 + 4 * usize::from(magic[3]);
-    let header = bytes.get(4..header_len).ok_or_else(|| truncated("header", header_len))?;
+    let mut header = vec![0u8; 4 * usize::from(magic[3])];
+    let n = read_up_to(&mut input, &mut header).map_err(&io_err)?;
+    if n < header.len() {
+        return Err(truncated("header", 4 + header.len(), 4 + n));
+    }
     let dims: Vec<usize> = header
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
     let count = element_count(&dims)
         .ok_or_else(|| DataError::TooLarge { path: path.to_path_buf(), dims: dims.clone() })?;
-    let body = &bytes[header_len..];
-    if body.len() < count {
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            part: "data",
-            expected: count,
-            found: body.len(),
-        });
+
+    let reserve = usize::try_from(size_bound).map_or(count, |bound| count.min(bound));
+    let mut data = Vec::with_capacity(reserve);
+    (&mut input).take(count as u64).read_to_end(&mut data).map_err(&io_err)?;
+    if data.len() < count {
+        return Err(truncated("data", count, data.len()));
     }
-    if body.len() > count {
+    // Read to the end: counts trailing bytes and lets the gzip decoder verify its checksum.
+    let extra = io::copy(&mut input, &mut io::sink()).map_err(&io_err)?;
+    if extra > 0 {
         return Err(DataError::TrailingData {
             path: path.to_path_buf(),
             expected: count,
-            extra: body.len() - count,
+            extra: usize::try_from(extra).unwrap_or(usize::MAX),
         });
     }
-    Ok(IdxArray { dims, data: body.to_vec() })
+    Ok(IdxArray { dims, data })
+}
+
+/// Reads until `buf` is full or the stream ends; returns the number of bytes read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]
@@ -255,6 +291,40 @@ mod tests {
             [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1];
         let err = parse_idx(&bytes, p()).unwrap_err();
         assert!(matches!(err, DataError::TooLarge { .. } | DataError::Truncated { .. }), "{err:?}");
+    }
+
+    /// Gzips `bytes` in memory.
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_errors_match_the_raw_ones() {
+        let mut bytes = raw(&sample());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let err = parse_idx(&gz(&bytes), p()).unwrap_err();
+        assert!(matches!(err, DataError::TrailingData { expected: 24, extra: 3, .. }), "{err:?}");
+        let err = parse_idx(&gz(&bytes[..20]), p()).unwrap_err();
+        assert!(matches!(err, DataError::Truncated { part: "data", found: 4, .. }), "{err:?}");
+        let err = parse_idx(&gz(&bytes[..6]), p()).unwrap_err();
+        assert!(matches!(err, DataError::Truncated { part: "header", found: 6, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn huge_dims_in_a_small_gzip_are_truncated_not_allocated() {
+        let bytes = [0, 0, 8, 2, 0x7f, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 1, 2];
+        let err = parse_idx(&gz(&bytes), p()).unwrap_err();
+        assert!(matches!(err, DataError::Truncated { part: "data", found: 2, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn multi_member_gzip_is_read_whole() {
+        let bytes = raw(&sample());
+        let (a, b) = bytes.split_at(10);
+        let joined = [gz(a), gz(b)].concat();
+        assert_eq!(parse_idx(&joined, p()).unwrap(), sample());
     }
 
     #[test]

@@ -22,6 +22,6 @@ fn bundled_is_the_first_items_of_full_mnist() {
     assert_eq!(small.train.labels, full.train.labels[..BUNDLED_TRAIN_LEN]);
     assert_eq!(small.test.labels, full.test.labels[..BUNDLED_TEST_LEN]);
     let px = 28 * 28;
-    assert!(small.train.images == full.train.images[..BUNDLED_TRAIN_LEN * px]);
-    assert!(small.test.images == full.test.images[..BUNDLED_TEST_LEN * px]);
+    assert!(small.train.pixels == full.train.pixels[..BUNDLED_TRAIN_LEN * px]);
+    assert!(small.test.pixels == full.test.pixels[..BUNDLED_TEST_LEN * px]);
 }

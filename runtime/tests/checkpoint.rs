@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
-use kiln_runtime::checkpoint::{check_compatible, load, save};
-use kiln_runtime::{Checkpoint, CheckpointError};
+use kiln_runtime::checkpoint::{check_compatible, check_writable, load, save, save_every_epoch};
+use kiln_runtime::{
+    fit_with_epoch_end, BackendError, Batch, Checkpoint, CheckpointError, Checkpointable,
+    DataSplit, Dataset, EvalOutput, StepBackend, TrainConfig, TrainError,
+};
 
 fn sample() -> Checkpoint {
     Checkpoint {
@@ -198,4 +201,93 @@ fn a_failed_rename_removes_the_temporary_file() {
     let e = save(&path, &sample()).unwrap_err();
     assert!(e.to_string().contains("a.safetensors"), "{e}");
     assert_eq!(listing(dir.path()), ["a.safetensors"], "the temporary file is removed");
+}
+
+#[test]
+fn check_writable_probes_without_leaving_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    check_writable(dir.path().join("a.safetensors")).unwrap();
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+
+    let missing = dir.path().join("no/such/dir/a.safetensors");
+    let e = check_writable(&missing).unwrap_err();
+    assert!(matches!(e, CheckpointError::Write { .. }), "{e:?}");
+    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+
+    let e = check_writable(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("is a directory"), "{e}");
+    assert!(listing(dir.path()).is_empty());
+}
+
+/// A backend whose state is its step counter, to drive `save_every_epoch` through `fit`.
+struct Counter {
+    steps: u64,
+}
+
+impl StepBackend for Counter {
+    fn train_step(&mut self, _: &Batch<'_>) -> Result<f32, BackendError> {
+        self.steps += 1;
+        Ok(1.0)
+    }
+
+    fn eval_step(&mut self, _: &Batch<'_>) -> Result<EvalOutput, BackendError> {
+        Ok(EvalOutput { loss: 1.0, correct: None })
+    }
+}
+
+impl Checkpointable for Counter {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint { model: "counter".into(), step: self.steps, epoch: 0, tensors: vec![] }
+    }
+
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.steps = checkpoint.step;
+        Ok(())
+    }
+}
+
+fn tiny_split() -> DataSplit {
+    let data = Dataset::new(vec![0; 10 * 4], vec![0; 10], 2, 2, 1).unwrap();
+    DataSplit { train: data.clone(), test: data, source: "zeros".into() }
+}
+
+#[test]
+fn save_every_epoch_records_the_epoch_counting_completed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let config =
+        TrainConfig { epochs: 2, completed_epochs: 3, batch_size: 4, ..Default::default() };
+    let mut saved = vec![];
+    let mut save = save_every_epoch(&path);
+    let report = fit_with_epoch_end(
+        &mut Counter { steps: 0 },
+        &tiny_split(),
+        &config,
+        |_| {},
+        |b, m| {
+            let flow = save(b, m);
+            saved.push(load(&path).map(|c| (c.step, c.epoch)).unwrap());
+            flow
+        },
+    )
+    .unwrap();
+    assert_eq!(report.epochs_run, 2);
+    assert_eq!(saved, [(3, 4), (6, 5)], "3 batches per epoch; epochs 4 and 5");
+    assert_eq!(listing(dir.path()), ["c.safetensors"]);
+}
+
+#[test]
+fn a_failing_save_ends_fit_with_the_checkpoint_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing/c.safetensors");
+    let config = TrainConfig { epochs: 3, batch_size: 4, ..Default::default() };
+    let mut backend = Counter { steps: 0 };
+    let err =
+        fit_with_epoch_end(&mut backend, &tiny_split(), &config, |_| {}, save_every_epoch(&path))
+            .unwrap_err();
+    assert!(matches!(err, TrainError::EpochEnd { epoch: 1, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("after epoch 1: "), "{msg}");
+    assert!(msg.contains(&format!("{}: cannot write checkpoint", path.display())), "{msg}");
+    assert_eq!(backend.steps, 3, "no training after the failed save");
 }

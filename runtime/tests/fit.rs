@@ -1,8 +1,10 @@
 //! The training loop, driven by hand-written backends on small synthetic data.
 
+use std::ops::ControlFlow;
+
 use kiln_runtime::{
-    fit, BackendError, Batch, DataSplit, Dataset, EarlyStopping, EvalOutput, StepBackend,
-    TrainConfig, TrainError, TrainEvent,
+    fit, fit_with_epoch_end, BackendError, Batch, DataSplit, Dataset, EarlyStopping, EvalOutput,
+    StepBackend, TrainConfig, TrainError, TrainEvent,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,16 +15,17 @@ use rand_chacha::ChaCha8Rng;
 type TrainScript = Box<dyn FnMut(usize) -> Result<f32, BackendError>>;
 type EvalScript = Box<dyn FnMut(usize) -> f32>;
 
-/// Example i is a 1x2 image `[i, i % 3]` with label `i % 3`, so the mock can tell which it got.
+/// Example i (below 256) is a 1x2 image of bytes `[i, i % 3]` with label `i % 3`, so the mock
+/// can tell which it got.
 fn id_data(len: usize) -> Dataset {
-    Dataset {
-        images: (0..len).flat_map(|i| [i as f32, (i % 3) as f32]).collect(),
-        labels: (0..len).map(|i| (i % 3) as f32).collect(),
-        len,
-        height: 1,
-        width: 2,
-        classes: 3,
-    }
+    let ids = 0..u8::try_from(len).expect("at most 255 examples");
+    let pixels = ids.clone().flat_map(|i| [i, i % 3]).collect();
+    Dataset::new(pixels, ids.map(|i| i % 3).collect(), 1, 2, 3).unwrap()
+}
+
+/// The byte a batch value was converted from.
+fn byte(value: f32) -> u8 {
+    (value * 255.0).round() as u8
 }
 
 fn id_split(train: usize, test: usize) -> DataSplit {
@@ -68,8 +71,8 @@ fn ids(batch: &Batch<'_>) -> Vec<usize> {
         .chunks(2)
         .zip(batch.labels)
         .map(|(px, &label)| {
-            assert_eq!(px[1], label, "label travels with its image");
-            px[0] as usize
+            assert_eq!(f32::from(byte(px[1])), label, "label travels with its image");
+            usize::from(byte(px[0]))
         })
         .collect()
 }
@@ -94,6 +97,7 @@ impl StepBackend for Mock {
 fn config(epochs: usize, batch_size: usize) -> TrainConfig {
     TrainConfig {
         epochs,
+        completed_epochs: 0,
         batch_size,
         seed: 3,
         max_steps: None,
@@ -328,6 +332,7 @@ fn bad_configs_and_data_are_errors_not_panics() {
         (config(1, 0), "batch size"),
         (config(0, 4), "epochs"),
         (TrainConfig { max_steps: Some(0), ..config(1, 4) }, "max steps"),
+        (TrainConfig { completed_epochs: usize::MAX, ..config(1, 4) }, "too large"),
         (
             TrainConfig {
                 early_stopping: Some(EarlyStopping { patience: 0, min_delta: 0.0 }),
@@ -363,6 +368,63 @@ fn bad_configs_and_data_are_errors_not_panics() {
     broken.test.labels.pop();
     let err = fit(&mut Mock::constant(), &broken, &config(1, 4), |_| {}).unwrap_err();
     assert!(err.to_string().starts_with("test set: dataset has 9 labels"), "{err}");
+}
+
+#[test]
+fn epoch_end_gets_the_backend_and_the_metrics_after_the_epoch_event() {
+    let data = id_split(60, 30);
+    let mut mock = Mock::new(Box::new(|_| Ok(2.0)), Box::new(|s| s as f32));
+    let mut events = vec![];
+    let mut calls = vec![];
+    let report = fit_with_epoch_end(
+        &mut mock,
+        &data,
+        &config(3, 16),
+        |e| events.push(e.clone()),
+        |backend: &mut Mock, m| {
+            calls.push((m.epoch, m.steps, backend.steps, m.train_loss, m.test_loss));
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .unwrap();
+    assert_eq!(report.epochs_run, 3);
+    assert_eq!(calls, [(1, 4, 4, 2.0, 4.0), (2, 8, 8, 2.0, 8.0), (3, 12, 12, 2.0, 12.0)]);
+    assert_eq!(epoch_numbers(&events), vec![1, 2, 3]);
+}
+
+#[test]
+fn epoch_end_can_stop_the_run_or_fail_it() {
+    let data = id_split(60, 30);
+    let stop_after_2 = |_: &mut Mock, m: &kiln_runtime::EpochMetrics| {
+        Ok(if m.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    };
+    let mut mock = Mock::constant();
+    let report =
+        fit_with_epoch_end(&mut mock, &data, &config(5, 16), |_| {}, stop_after_2).unwrap();
+    assert_eq!((report.epochs_run, report.steps, mock.steps), (2, 8, 8));
+    assert!(!report.stopped_early, "stopped by the callback, not by early stopping");
+
+    let mut mock = Mock::constant();
+    let fail = |_: &mut Mock, _: &kiln_runtime::EpochMetrics| Err("disk full".into());
+    let err = fit_with_epoch_end(&mut mock, &data, &config(5, 16), |_| {}, fail).unwrap_err();
+    assert!(matches!(err, TrainError::EpochEnd { epoch: 1, .. }), "{err:?}");
+    assert_eq!(err.to_string(), "after epoch 1: disk full");
+    assert_eq!(mock.steps, 4);
+}
+
+#[test]
+fn completed_epochs_continue_as_an_uninterrupted_run() {
+    let data = id_split(60, 30);
+    let mut straight = Mock::constant();
+    run(&mut straight, &data, &config(4, 16)).0.unwrap();
+
+    let mut resumed = Mock::constant();
+    let cfg = TrainConfig { completed_epochs: 2, ..config(2, 16) };
+    let (report, events) = run(&mut resumed, &data, &cfg);
+    let report = report.unwrap();
+    assert_eq!((report.epochs_run, report.steps), (2, 8), "counts are this run's");
+    assert_eq!(epoch_numbers(&events), vec![3, 4]);
+    assert_eq!(resumed.train_batches, straight.train_batches[8..], "epochs 3 and 4 shuffled alike");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,17 +509,17 @@ impl StepBackend for LinearSoftmax {
 /// 2x2 images of 3 classes: class c lights pixel c (plus noise everywhere).
 fn blobs(len: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut images = Vec::with_capacity(len * 4);
+    let mut pixels = Vec::with_capacity(len * 4);
     let mut labels = Vec::with_capacity(len);
     for _ in 0..len {
-        let c = rng.random_range(0..3usize);
+        let c = rng.random_range(0..3u8);
         for px in 0..4 {
-            let base = if px == c { 0.8 } else { 0.1 };
-            images.push(base + rng.random_range(-0.1..0.1f32));
+            let base = if px == c { 204 } else { 26 };
+            pixels.push(base + rng.random_range(0..51u8) - 25);
         }
-        labels.push(c as f32);
+        labels.push(c);
     }
-    Dataset { images, labels, len, height: 2, width: 2, classes: 3 }
+    Dataset::new(pixels, labels, 2, 2, 3).unwrap()
 }
 
 fn blob_split() -> DataSplit {

@@ -3,78 +3,74 @@
 use std::collections::HashMap;
 
 use kiln_compiler::interp::{run, Variables};
-use kiln_compiler::step::{evaluation, training_step, TrainGraph};
+use kiln_compiler::program::Io;
+use kiln_compiler::step::{
+    compiled_evaluation, compiled_training_step, CompileOptions, TrainGraph,
+};
 use kiln_compiler::CompileError;
 use kiln_ir::model::{Loss, LossGraph, Model};
-use kiln_ir::{EvalCtx, NodeId, Shape, Tensor};
+use kiln_ir::{EvalCtx, Graph, NodeId, Shape, Tensor};
 use kiln_runtime::checkpoint::check_compatible;
+use kiln_runtime::padding::{write_padded, PaddedInputs};
 use kiln_runtime::{
     BackendError, Batch, Checkpoint, CheckpointError, Checkpointable, EvalOutput, StepBackend,
 };
 
 /// Trains a model with the reference interpreter: slow, f64, obviously correct.
 ///
-/// Graphs are built per batch size (the last batch of an epoch may be smaller) and share the
-/// parameters and optimizer state by name.
+/// Like the JIT, it builds one training graph and one evaluation graph for the model's batch
+/// size and pads shorter batches with zero-weight rows; both share the parameters and
+/// optimizer state by name.
 pub struct InterpreterBackend {
     model: Model,
     vars: Variables,
-    train: HashMap<usize, TrainGraph>,
-    eval: HashMap<usize, LossGraph>,
+    train: TrainGraph,
+    eval: Option<LossGraph>,
     step: u64,
+    options: CompileOptions,
 }
 
 impl InterpreterBackend {
     /// A backend for `model`, its parameters initialised from the model's seed.
     pub fn new(model: Model) -> Result<Self, CompileError> {
-        let mut backend = InterpreterBackend {
-            model,
-            vars: Variables::default(),
-            train: HashMap::new(),
-            eval: HashMap::new(),
-            step: 0,
-        };
-        let batch = backend.model.training.batch_size;
-        backend.train_graph(batch)?;
-        Ok(backend)
+        Self::with_options(model, CompileOptions::default())
+    }
+
+    /// Like [`InterpreterBackend::new`], with compile options (e.g. fusion off).
+    pub fn with_options(model: Model, options: CompileOptions) -> Result<Self, CompileError> {
+        let (train, _) = compiled_training_step(&model, model.training.batch_size, &options)?;
+        let mut vars = Variables::default();
+        vars.init_from(&train.graph);
+        Ok(InterpreterBackend { model, vars, train, eval: None, step: 0, options })
     }
 
     /// The current parameter and state values.
     pub fn variables(&self) -> &Variables {
         &self.vars
     }
+}
 
-    fn train_graph(&mut self, batch: usize) -> Result<&TrainGraph, CompileError> {
-        if !self.train.contains_key(&batch) {
-            let tg = training_step(&self.model, batch)?;
-            self.vars.init_from(&tg.graph);
-            self.train.insert(batch, tg);
-        }
-        Ok(&self.train[&batch])
+/// The feeds of a graph's inputs for `batch`, padded up to the graph's batch size.
+fn feeds(
+    graph: &Graph,
+    io: Io,
+    batch: &Batch<'_>,
+) -> Result<HashMap<NodeId, Tensor>, BackendError> {
+    let input_shape = graph.node(io.input).shape.clone();
+    let capacity = input_shape.dim(0);
+    let mut x = vec![0.0f32; input_shape.numel()];
+    let mut labels = io.labels.map(|_| vec![0.0f32; capacity]);
+    let mut weights = vec![0.0f32; capacity];
+    let dst = PaddedInputs { x: &mut x, labels: labels.as_deref_mut(), weights: &mut weights };
+    write_padded(batch, dst)?;
+    let to_f64 = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+    let mut feeds = HashMap::new();
+    feeds.insert(io.input, Tensor::new(input_shape, to_f64(x)));
+    if let (Some(l), Some(labels)) = (io.labels, labels) {
+        feeds.insert(l, Tensor::new([capacity], to_f64(labels)));
     }
-
-    fn feeds(
-        input: NodeId,
-        input_shape: &Shape,
-        labels: Option<NodeId>,
-        batch: &Batch<'_>,
-    ) -> Result<HashMap<NodeId, Tensor>, BackendError> {
-        if batch.x.len() != input_shape.numel() {
-            return Err(BackendError::new(format!(
-                "the model's input is {input_shape} ({} values) but the batch holds {} values",
-                input_shape.numel(),
-                batch.x.len()
-            )));
-        }
-        let mut feeds = HashMap::new();
-        let x = batch.x.iter().map(|&v| v as f64).collect();
-        feeds.insert(input, Tensor::new(input_shape.clone(), x));
-        if let Some(l) = labels {
-            let y = batch.labels.iter().map(|&v| v as f64).collect();
-            feeds.insert(l, Tensor::new([batch.len], y));
-        }
-        Ok(feeds)
-    }
+    feeds.insert(io.weights, Tensor::new([capacity], to_f64(weights)));
+    Ok(feeds)
 }
 
 fn backend_error(e: CompileError) -> BackendError {
@@ -83,30 +79,35 @@ fn backend_error(e: CompileError) -> BackendError {
 
 impl StepBackend for InterpreterBackend {
     fn train_step(&mut self, batch: &Batch<'_>) -> Result<f32, BackendError> {
-        let tg = self.train_graph(batch.len).map_err(backend_error)?;
-        let input_shape = tg.graph.node(tg.input).shape.clone();
-        let feeds = Self::feeds(tg.input, &input_shape, tg.labels, batch)?;
-        let (loss, tg) = (tg.loss, &self.train[&batch.len]);
+        let tg = &self.train;
+        let feeds = feeds(&tg.graph, Io::from(tg), batch)?;
         let values = run(&tg.graph, &feeds, &mut self.vars, &EvalCtx { step: self.step })
             .map_err(backend_error)?;
         self.step += 1;
-        Ok(values[&loss].data[0] as f32)
+        Ok(values[&tg.loss].data[0] as f32)
     }
 
     fn eval_step(&mut self, batch: &Batch<'_>) -> Result<EvalOutput, BackendError> {
-        if !self.eval.contains_key(&batch.len) {
-            let lg = evaluation(&self.model, batch.len).map_err(backend_error)?;
+        if self.eval.is_none() {
+            let batch = self.model.training.batch_size;
+            let (lg, _) =
+                compiled_evaluation(&self.model, batch, &self.options).map_err(backend_error)?;
             self.vars.init_from(&lg.graph);
-            self.eval.insert(batch.len, lg);
+            self.eval = Some(lg);
         }
-        let lg = &self.eval[&batch.len];
-        let input_shape = lg.graph.node(lg.input).shape.clone();
-        let feeds = Self::feeds(lg.input, &input_shape, lg.labels, batch)?;
+        let lg = self.eval.as_ref().expect("built above");
+        let feeds = feeds(&lg.graph, Io::from(lg), batch)?;
         let values = run(&lg.graph, &feeds, &mut self.vars, &EvalCtx { step: self.step })
             .map_err(backend_error)?;
         let loss = values[&lg.loss].data[0] as f32;
         let correct = match self.model.training.loss {
-            Loss::SoftmaxCrossEntropy => Some(count_correct(&values[&lg.prediction], batch.labels)),
+            Loss::SoftmaxCrossEntropy => {
+                let logits = &values[&lg.prediction];
+                let classes = logits.shape.dim(-1);
+                let real =
+                    Tensor::new([batch.len, classes], logits.data[..batch.len * classes].to_vec());
+                Some(count_correct(&real, batch.labels))
+            }
             _ => None,
         };
         Ok(EvalOutput { loss, correct })

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kiln::backend::JitBackend;
+use kiln::backend::{JitBackend, JitOptions};
+use kiln::compiler::step::CompileOptions;
 use kiln::runtime::{self, Batcher, StepBackend};
 
 use super::load;
@@ -32,6 +33,9 @@ pub struct BenchArgs {
     /// Also time every kernel (median over 20 steps) and print the slowest.
     #[arg(long)]
     profile: bool,
+    /// Compile without the egg rewrite pass (fusion and clean-up), for comparison.
+    #[arg(long)]
+    no_fusion: bool,
 }
 
 /// Seconds since the kernel started this process (Linux), or `None` elsewhere.
@@ -79,7 +83,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(args.steps >= 5, "--steps must be at least 5");
     let batch = model.training.batch_size;
     let threads = threads(args.threads);
-    let mut backend = JitBackend::new(model.clone(), threads)?;
+    let options = CompileOptions { fusion: !args.no_fusion, ..Default::default() };
+    let mut backend =
+        JitBackend::with_options(model.clone(), &JitOptions { threads, compile: options })?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let data = runtime::bundled()?;
     let mut batcher = Batcher::new(&data.train, batch, 0).context("batching the bundled data")?;

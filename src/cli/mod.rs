@@ -2,6 +2,7 @@
 //! as one message and exits with status 2.
 
 mod bench;
+mod build;
 mod dump;
 mod train;
 
@@ -37,6 +38,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Measure compile time, training throughput and memory of the compiled training step.
     Bench(bench::BenchArgs),
+    /// Compile a model ahead of time into a standalone training executable.
+    Build(build::BuildArgs),
 }
 
 /// Output formats of `kiln dump`.
@@ -70,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Dump(args) => dump::run(args),
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Build(args) => build::run(args),
     }
 }
 

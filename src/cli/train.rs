@@ -1,14 +1,14 @@
 //! `kiln train`: train a model on the bundled MNIST subset or a data directory.
 
-use std::path::{Path, PathBuf};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use kiln::backend::{InterpreterBackend, JitBackend};
+use kiln::backend::{InterpreterBackend, JitBackend, JitOptions};
+use kiln::compiler::step::CompileOptions;
 use kiln::runtime::checkpoint::{self, Checkpointable};
-use kiln::runtime::{
-    self, fit, BackendError, Batch, EvalOutput, StepBackend, TrainConfig, TrainEvent,
-};
+use kiln::runtime::{self, fit_with_epoch_end, StepBackend, TrainConfig};
 
 use super::load;
 
@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// Threads for the compiled kernels (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compile without the egg rewrite pass (fusion and clean-up), for comparison.
+    #[arg(long)]
+    no_fusion: bool,
     /// A directory with MNIST-format IDX files (train-images-idx3-ubyte[.gz], …); default: the
     /// bundled 5,000/1,000-image MNIST subset.
     #[arg(long)]
@@ -43,14 +46,15 @@ pub struct TrainArgs {
     /// Print the loss every N steps (0: only per epoch).
     #[arg(long, default_value_t = 50)]
     log_every: usize,
-    /// Save the parameters, optimizer state and step counter to FILE (safetensors) after every
-    /// epoch and at the end; each save atomically replaces the file.
+    /// Save the parameters, optimizer state, step counter and epoch number to FILE
+    /// (safetensors) after every epoch (the last one too, even if cut short by --steps); each
+    /// save atomically replaces the file.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
     /// Start from a checkpoint of the same model saved with --checkpoint: restores the
     /// parameters, optimizer state and step counter, then trains the requested epochs/steps
-    /// (counted afresh, shuffling as from epoch 1); the epoch count in later checkpoints
-    /// continues from the resumed one.
+    /// (counted afresh) starting with the epoch after the checkpoint's, shuffled as in an
+    /// uninterrupted run.
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
 }
@@ -64,50 +68,6 @@ fn flat(e: checkpoint::CheckpointError) -> anyhow::Error {
 trait TrainBackend: StepBackend + Checkpointable {}
 
 impl<T: StepBackend + Checkpointable> TrainBackend for T {}
-
-/// Wraps a backend to save a checkpoint at the end of every epoch: `fit` evaluates the test
-/// set right after an epoch's last training step, so the first evaluation after training
-/// marks an epoch boundary (evaluation changes neither the parameters nor the step counter).
-struct Checkpointing<'a> {
-    inner: &'a mut dyn TrainBackend,
-    path: Option<&'a Path>,
-    /// Epochs completed, counting those of a resumed checkpoint.
-    epoch: u64,
-    trained_since_save: bool,
-    /// Why a save during training failed (reported as is instead of as a backend error).
-    failed: Option<checkpoint::CheckpointError>,
-}
-
-impl Checkpointing<'_> {
-    fn save(&self) -> Result<(), checkpoint::CheckpointError> {
-        match self.path {
-            Some(path) => {
-                let mut c = self.inner.checkpoint();
-                c.epoch = self.epoch;
-                checkpoint::save(path, &c)
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl StepBackend for Checkpointing<'_> {
-    fn train_step(&mut self, batch: &Batch<'_>) -> Result<f32, BackendError> {
-        self.trained_since_save = true;
-        self.inner.train_step(batch)
-    }
-
-    fn eval_step(&mut self, batch: &Batch<'_>) -> Result<EvalOutput, BackendError> {
-        if std::mem::take(&mut self.trained_since_save) {
-            self.epoch += 1;
-            if let Err(e) = self.save() {
-                self.failed = Some(e);
-                return Err(BackendError::new("saving the checkpoint failed"));
-            }
-        }
-        self.inner.eval_step(batch)
-    }
-}
 
 /// Backends that can run a training step.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +97,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(s) = args.seed {
         model.training.seed = s;
     }
+    if let Some(path) = &args.checkpoint {
+        // Report an unwritable path now, not after the first epoch.
+        checkpoint::check_writable(path).map_err(flat)?;
+    }
     let data = match &args.data {
         Some(dir) => runtime::load_dir(dir)?,
         None => runtime::bundled()?,
@@ -147,8 +111,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         model.training.epochs = model.training.epochs.max(steps.div_ceil(per_epoch));
     }
     let t = &model.training;
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         epochs: t.epochs,
+        completed_epochs: 0,
         batch_size: t.batch_size,
         seed: t.seed,
         max_steps: args.steps,
@@ -167,9 +132,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.epochs,
         config.batch_size
     );
+    let options = CompileOptions { fusion: !args.no_fusion, ..Default::default() };
     let mut backend: Box<dyn TrainBackend> = match args.backend {
         Backend::Jit => {
-            let b = JitBackend::new(model.clone(), threads(args.threads))?;
+            let b = JitBackend::with_options(
+                model.clone(),
+                &JitOptions { threads: threads(args.threads), compile: options },
+            )?;
             let s = b.stats();
             eprintln!(
                 "compiled {} kernels in {:.1} ms (graph and lowering {:.1} ms, Cranelift {:.1} ms); arena {:.1} MB",
@@ -181,57 +150,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
             );
             Box::new(b)
         }
-        Backend::Interp => Box::new(InterpreterBackend::new(model.clone())?),
+        Backend::Interp => Box::new(InterpreterBackend::with_options(model.clone(), options)?),
     };
-    let mut epoch = 0;
     if let Some(path) = &args.resume {
         let c = checkpoint::load(path).map_err(flat)?;
         backend.restore(&c).with_context(|| format!("cannot resume from {}", path.display()))?;
         eprintln!("resumed from {} (step {}, epoch {})", path.display(), c.step, c.epoch);
-        epoch = c.epoch;
+        config.completed_epochs = usize::try_from(c.epoch)
+            .with_context(|| format!("{}: epoch {} is too large", path.display(), c.epoch))?;
     }
-    let mut wrapped = Checkpointing {
-        inner: backend.as_mut(),
-        path: args.checkpoint.as_deref(),
-        epoch,
-        trained_since_save: false,
-        failed: None,
-    };
-    let report = fit(&mut wrapped, &data, &config, print_event);
-    if let Some(e) = wrapped.failed.take() {
-        return Err(flat(e));
-    }
-    let report = report.with_context(|| format!("training {}", args.model.display()))?;
-    wrapped.save().map_err(flat)?;
+    let mut on_epoch_end = args.checkpoint.as_deref().map(checkpoint::save_every_epoch);
+    let report = fit_with_epoch_end(
+        backend.as_mut(),
+        &data,
+        &config,
+        runtime::report::print_event,
+        |b, m| match on_epoch_end.as_mut() {
+            Some(save) => save(b, m),
+            None => Ok(ControlFlow::Continue(())),
+        },
+    )
+    .with_context(|| format!("training {}", args.model.display()))?;
     if let Some(path) = &args.checkpoint {
-        eprintln!("saved checkpoint {} (epoch {})", path.display(), wrapped.epoch);
+        let epoch = config.completed_epochs + report.epochs_run;
+        eprintln!("saved checkpoint {} (epoch {epoch})", path.display());
     }
-    println!(
-        "done: {} steps, {} epoch(s){}, final test loss {:.4}{}",
-        report.steps,
-        report.epochs_run,
-        if report.stopped_early { " (stopped early)" } else { "" },
-        report.final_test_loss,
-        report
-            .final_test_accuracy
-            .map(|a| format!(", test accuracy {:.2}%", 100.0 * a))
-            .unwrap_or_default()
-    );
+    println!("{}", runtime::report::done_line(&report));
     Ok(())
-}
-
-fn print_event(event: &TrainEvent) {
-    match event {
-        TrainEvent::Step { step, loss } => println!("step {step:>6}  loss {loss:.4}"),
-        TrainEvent::Epoch { epoch, train_loss, test_loss, test_accuracy, images_per_sec, seconds } => {
-            let acc = test_accuracy.map(|a| format!(", test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-            println!(
-                "epoch {epoch}: train loss {train_loss:.4}, test loss {test_loss:.4}{acc}, {images_per_sec:.0} images/s, {seconds:.1} s"
-            );
-        }
-        TrainEvent::EarlyStop { epoch, best_epoch, best_test_loss } => println!(
-            "early stopping after epoch {epoch}: best test loss {best_test_loss:.4} at epoch {best_epoch}"
-        ),
-        _ => {}
-    }
 }

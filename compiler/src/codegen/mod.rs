@@ -7,12 +7,14 @@
 //!
 //! - [`isa`]: Cranelift flags and the host ISA, the JIT module;
 //! - [`function`]: the translation of one kernel, independent of the module (JIT or object);
+//! - [`object`]: the same kernels in an object file, for executables built ahead of time;
 //! - [`math`]: the vector polynomials;
 //! - [`random`]: the counter-based generator of `kiln_ir::ops::counter_uniform`.
 
 pub mod function;
 pub mod isa;
 pub mod math;
+pub mod object;
 pub mod random;
 
 #[cfg(test)]

@@ -43,6 +43,13 @@ pub struct Buffer {
     pub len: usize,
 }
 
+impl Buffer {
+    /// The arena range it occupies.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
 /// A register array: `count` registers of `lanes` lanes each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegDecl {

@@ -9,6 +9,8 @@
 //! A constant is a small fill kernel, since its buffer is reused by other programs.
 
 mod dense;
+#[cfg(test)]
+mod fused_tests;
 mod pointwise;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -92,7 +94,11 @@ pub fn lower(
         | Op::MaxPool2d(_)
         | Op::MaxPool2dGrad(_)
         | Op::AvgPool2d(_)
-        | Op::AvgPool2dGrad(_) => dense::lower(graph, node, buffers, scratch)?,
+        | Op::AvgPool2dGrad(_)
+        | Op::MaxPool2dGradRelu(_)
+        | Op::MatMulBiasAct(_)
+        | Op::Conv2dBiasAct(_)
+        | Op::Conv2dBiasActMaxPool2d(_) => dense::lower(graph, node, buffers, scratch)?,
         _ => pointwise::lower(graph, node, buffers)?,
     };
     for k in &out {

@@ -494,6 +494,10 @@ impl<'m> Lowering<'m> {
     fn finish(mut self) -> Result<LossGraph, ModelError> {
         let model = self.model;
         let o = self.r.output;
+        let weights = self
+            .graph
+            .leaf(ops::Input {}, Shape::new([self.batch]), "weights")
+            .map_err(|e| self.ir(o, e))?;
         let v = self.values[o].expect("the output layer is lowered");
         let out_shape = self.shape(v.out);
         let training = &model.training;
@@ -528,7 +532,8 @@ impl<'m> Lowering<'m> {
                 }
                 let l = self.label_leaf()?;
                 labels = Some(l);
-                let loss = self.add(o, ops::SoftmaxCrossEntropy {}, &[v.logits, l], "loss")?;
+                let loss =
+                    self.add(o, ops::SoftmaxCrossEntropy {}, &[v.logits, l, weights], "loss")?;
                 (v.logits, loss)
             }
             Loss::Mse | Loss::BinaryCrossEntropy => {
@@ -558,9 +563,9 @@ impl<'m> Lowering<'m> {
                     }
                 };
                 let loss = if training.loss == Loss::Mse {
-                    self.add(o, ops::MeanSquaredError {}, &[v.out, t], "loss")?
+                    self.add(o, ops::MeanSquaredError {}, &[v.out, t, weights], "loss")?
                 } else {
-                    self.add(o, ops::BinaryCrossEntropy {}, &[v.out, t], "loss")?
+                    self.add(o, ops::BinaryCrossEntropy {}, &[v.out, t, weights], "loss")?
                 };
                 (v.out, loss)
             }
@@ -571,6 +576,7 @@ impl<'m> Lowering<'m> {
             graph: self.graph,
             input: self.input,
             labels,
+            weights,
             prediction,
             loss,
             layers: self.infos,

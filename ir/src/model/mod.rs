@@ -140,6 +140,9 @@ pub struct LossGraph {
     pub input: NodeId,
     /// The labels leaf, when the loss compares with labels.
     pub labels: Option<NodeId>,
+    /// The example-weights leaf `[N]` of the loss: `1/n` for each of the `n` real examples of a
+    /// batch, `0` for the rows padding a short batch (see [`crate::ops`]' losses).
+    pub weights: NodeId,
     /// The prediction: the logits (before a folded softmax) for softmax cross-entropy,
     /// otherwise the output layer's value.
     pub prediction: NodeId,

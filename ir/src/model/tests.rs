@@ -181,7 +181,9 @@ fn model_mlp_lowering_conventions() {
     let labels = g.labels.expect("labels");
     assert_eq!(graph.node(labels).shape, Shape::new([16]));
     assert_eq!(graph.node(labels).name, "labels");
-    assert_eq!(graph.operands(g.loss), [g.prediction, labels]);
+    assert_eq!(graph.node(g.weights).shape, Shape::new([16]));
+    assert_eq!(graph.node(g.weights).name, "weights");
+    assert_eq!(graph.operands(g.loss), [g.prediction, labels, g.weights]);
     // Every parameter has its own seed.
     let mut seeds: Vec<u64> = graph
         .nodes_where(|op| matches!(op, Op::Parameter(_)))

@@ -1,6 +1,14 @@
-//! Losses (each gives the mean over the batch as a scalar) and one-hot encoding.
+//! Losses and one-hot encoding.
+//!
+//! Every loss is a weighted sum over the examples of the batch: its last operand holds one
+//! weight per example (`[N]`). The runtime writes `1/n` for the `n` real examples of a batch and
+//! `0` for the rows that pad a short last batch up to the compiled batch size, so one compiled
+//! program computes the mean over the real examples of any batch, and padding rows get no
+//! gradient. A per-example loss over several values (mse, bce) is the mean over the example's
+//! values.
 
-use super::{expect_arity, Div, EvalCtx, Mul, Neg, OpSpec, Softmax, Sub, Vjp};
+use super::{expect_arity, Broadcast, EvalCtx, Mul, Neg, OpSpec, Softmax, Sub, Vjp};
+use crate::graph::NodeId;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 use crate::IrError;
@@ -33,46 +41,90 @@ impl OpSpec for OneHot {
     }
 }
 
-/// `softmax_cross_entropy(logits [N, C], labels [N])`: mean over the batch of
-/// `-log softmax(logits)[label]`, computed stably with log-sum-exp.
+/// Checks the weights operand of a loss: a vector `[N]` matching the batch of `first`.
+fn check_weights(first: &Shape, weights: &Shape) -> Result<(), String> {
+    if first.rank() == 0 || weights.rank() != 1 || weights.dim(0) != first.dim(0) {
+        return Err(format!(
+            "needs example weights [N] for a batch of N = {}, got {weights}",
+            if first.rank() == 0 { 0 } else { first.dim(0) }
+        ));
+    }
+    Ok(())
+}
+
+/// `weights [N]` times the scalar `g`, broadcast to `shape` along every axis but the first:
+/// the factor every loss gradient is scaled by.
+fn weighted_grad(v: &mut Vjp<'_>, weights: NodeId, shape: &Shape) -> Result<NodeId, IrError> {
+    let scaled = v.add(Mul {}, &[weights, v.grad])?;
+    if shape.rank() == 1 {
+        return Ok(scaled);
+    }
+    let axes = (1..shape.rank()).collect();
+    v.add(Broadcast { shape: shape.dims().to_vec(), axes }, &[scaled])
+}
+
+/// The per-example means of `term` over the rows of `p` and `t` (same shape `[N, ...]`),
+/// summed with the weights `w`.
+fn weighted_row_means(p: &Tensor, t: &Tensor, w: &Tensor, term: impl Fn(f64, f64) -> f64) -> f64 {
+    let n = p.shape.dim(0);
+    let row = p.data.len().checked_div(n).unwrap_or(0);
+    if row == 0 {
+        return 0.0;
+    }
+    p.data
+        .chunks(row)
+        .zip(t.data.chunks(row))
+        .zip(&w.data)
+        .map(|((p, t), w)| {
+            w * (p.iter().zip(t).map(|(&a, &b)| term(a, b)).sum::<f64>() / row as f64)
+        })
+        .sum()
+}
+
+/// `softmax_cross_entropy(logits [N, C], labels [N], weights [N])`: the weighted sum over the
+/// examples of `-log softmax(logits)[label]`, computed stably with log-sum-exp.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoftmaxCrossEntropy {}
 
 impl OpSpec for SoftmaxCrossEntropy {
     fn infer(&self, operands: &[&Shape]) -> Result<Shape, String> {
-        expect_arity(operands, 2)?;
+        expect_arity(operands, 3)?;
         let (x, l) = (operands[0], operands[1]);
         if x.rank() != 2 || l.rank() != 1 || l.dim(0) != x.dim(0) {
             return Err(format!("needs logits [N, C] and labels [N], got {x} and {l}"));
         }
+        check_weights(x, operands[2])?;
         Ok(Shape::scalar())
     }
     fn eval(&self, operands: &[&Tensor], _: &Shape, _: &EvalCtx) -> Tensor {
-        let (x, labels) = (operands[0], operands[1]);
+        let (x, labels, weights) = (operands[0], operands[1], operands[2]);
         let c = x.shape.dim(1);
-        let n = x.shape.dim(0);
         let total: f64 = x
             .data
             .chunks(c)
             .zip(&labels.data)
-            .map(|(row, &label)| {
+            .zip(&weights.data)
+            .map(|((row, &label), &w)| {
                 let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                lse - row[label as usize]
+                // A label outside the classes (padding) picks nothing, like one_hot.
+                let picked =
+                    if label >= 0.0 && (label as usize) < c { row[label as usize] } else { 0.0 };
+                w * (lse - picked)
             })
             .sum();
-        Tensor::scalar(total / n as f64)
+        Tensor::scalar(total)
     }
     fn vjp(&self, v: &mut Vjp<'_>) -> Result<(), IrError> {
-        // d logits = (softmax(logits) - one_hot(labels)) * g / N; labels get none.
-        let (logits, labels) = (v.operands[0], v.operands[1]);
+        // d logits = (softmax(logits) - one_hot(labels)) * w[:, None] * g; labels and weights
+        // get none.
+        let (logits, labels, weights) = (v.operands[0], v.operands[1], v.operands[2]);
         let shape = v.shape(logits);
         let p = v.add(Softmax {}, &[logits])?;
         let onehot = v.add(OneHot { classes: shape.dim(1) }, &[labels])?;
         let diff = v.add(Sub {}, &[p, onehot])?;
-        let n = v.scalar(shape.dim(0) as f64)?;
-        let scale = v.add(Div {}, &[v.grad, n])?;
+        let scale = weighted_grad(v, weights, &shape)?;
         let d = v.add(Mul {}, &[diff, scale])?;
         v.set(0, d);
         Ok(())
@@ -80,17 +132,19 @@ impl OpSpec for SoftmaxCrossEntropy {
 }
 
 fn same_shape_loss(operands: &[&Shape]) -> Result<Shape, String> {
-    expect_arity(operands, 2)?;
+    expect_arity(operands, 3)?;
     if operands[0] != operands[1] {
         return Err(format!(
             "prediction {} and target {} must have the same shape",
             operands[0], operands[1]
         ));
     }
+    check_weights(operands[0], operands[2])?;
     Ok(Shape::scalar())
 }
 
-/// `mse(prediction, target)`: mean over all elements of `(prediction - target)^2`.
+/// `mse(prediction, target, weights)`: the weighted sum over the examples of the mean of
+/// `(prediction - target)^2` over the example's values.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeanSquaredError {}
@@ -100,18 +154,20 @@ impl OpSpec for MeanSquaredError {
         same_shape_loss(operands)
     }
     fn eval(&self, operands: &[&Tensor], _: &Shape, _: &EvalCtx) -> Tensor {
-        let (p, t) = (operands[0], operands[1]);
-        let sum: f64 = p.data.iter().zip(&t.data).map(|(a, b)| (a - b) * (a - b)).sum();
-        Tensor::scalar(sum / p.data.len() as f64)
+        let (p, t, w) = (operands[0], operands[1], operands[2]);
+        Tensor::scalar(weighted_row_means(p, t, w, |a, b| (a - b) * (a - b)))
     }
     fn vjp(&self, v: &mut Vjp<'_>) -> Result<(), IrError> {
-        // d prediction = (prediction - target) * 2 g / numel; d target = -that.
-        let (p, t) = (v.operands[0], v.operands[1]);
-        let numel = v.shape(p).numel() as f64;
+        // d prediction = (prediction - target) * (2 / values per example) * w * g;
+        // d target = -that.
+        let (p, t, w) = (v.operands[0], v.operands[1], v.operands[2]);
+        let shape = v.shape(p);
+        let per_example = shape.numel() / shape.dim(0).max(1);
         let diff = v.add(Sub {}, &[p, t])?;
-        let k = v.scalar(2.0 / numel)?;
-        let scale = v.add(Mul {}, &[v.grad, k])?;
-        let dp = v.add(Mul {}, &[diff, scale])?;
+        let k = v.scalar(2.0 / per_example as f64)?;
+        let scaled = v.add(Mul {}, &[diff, k])?;
+        let scale = weighted_grad(v, w, &shape)?;
+        let dp = v.add(Mul {}, &[scaled, scale])?;
         v.set(0, dp);
         if v.wants[1] {
             let dt = v.add(Neg {}, &[dp])?;
@@ -124,7 +180,14 @@ impl OpSpec for MeanSquaredError {
 /// Probabilities are clipped to `[EPS, 1 - EPS]` before the logarithms (as Keras does).
 pub const BCE_EPS: f64 = 1e-7;
 
-/// `binary_cross_entropy(p, t)`: mean of `-(t log p + (1 - t) log(1 - p))` with `p` clipped.
+/// The binary cross-entropy of one value, `p` clipped.
+fn bce(p: f64, t: f64) -> f64 {
+    let p = p.clamp(BCE_EPS, 1.0 - BCE_EPS);
+    -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
+}
+
+/// `binary_cross_entropy(p, t, weights)`: the weighted sum over the examples of the mean of
+/// `-(t log p + (1 - t) log(1 - p))` over the example's values, `p` clipped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinaryCrossEntropy {}
@@ -134,29 +197,21 @@ impl OpSpec for BinaryCrossEntropy {
         same_shape_loss(operands)
     }
     fn eval(&self, operands: &[&Tensor], _: &Shape, _: &EvalCtx) -> Tensor {
-        let (p, t) = (operands[0], operands[1]);
-        let sum: f64 = p
-            .data
-            .iter()
-            .zip(&t.data)
-            .map(|(&p, &t)| {
-                let p = p.clamp(BCE_EPS, 1.0 - BCE_EPS);
-                -(t * p.ln() + (1.0 - t) * (1.0 - p).ln())
-            })
-            .sum();
-        Tensor::scalar(sum / p.data.len() as f64)
+        let (p, t, w) = (operands[0], operands[1], operands[2]);
+        Tensor::scalar(weighted_row_means(p, t, w, bce))
     }
     fn vjp(&self, v: &mut Vjp<'_>) -> Result<(), IrError> {
-        let (p, t) = (v.operands[0], v.operands[1]);
-        let d = v.add(BinaryCrossEntropyGrad {}, &[p, t])?;
+        let (p, t, w) = (v.operands[0], v.operands[1], v.operands[2]);
+        let d = v.add(BinaryCrossEntropyGrad {}, &[p, t, w])?;
         let dp = v.add(Mul {}, &[d, v.grad])?;
         v.set(0, dp);
         Ok(())
     }
 }
 
-/// `binary_cross_entropy_grad(p, t)`: the gradient of the mean binary cross-entropy with
-/// respect to `p`, `(p - t) / (p (1 - p)) / numel` inside the clip range and 0 outside.
+/// `binary_cross_entropy_grad(p, t, weights)`: the gradient of the binary cross-entropy with
+/// respect to `p`, `(p - t) / (p (1 - p)) * w / values per example` inside the clip range and 0
+/// outside.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinaryCrossEntropyGrad {}
@@ -167,17 +222,18 @@ impl OpSpec for BinaryCrossEntropyGrad {
         Ok(operands[0].clone())
     }
     fn eval(&self, operands: &[&Tensor], out: &Shape, _: &EvalCtx) -> Tensor {
-        let (p, t) = (operands[0], operands[1]);
-        let n = p.data.len() as f64;
+        let (p, t, w) = (operands[0], operands[1], operands[2]);
+        let row = p.data.len() / p.shape.dim(0).max(1);
         let data = p
             .data
             .iter()
             .zip(&t.data)
-            .map(|(&p, &t)| {
+            .enumerate()
+            .map(|(i, (&p, &t))| {
                 if !(BCE_EPS..=1.0 - BCE_EPS).contains(&p) {
                     0.0
                 } else {
-                    (p - t) / (p * (1.0 - p)) / n
+                    (p - t) / (p * (1.0 - p)) * w.data[i / row] / row as f64
                 }
             })
             .collect();

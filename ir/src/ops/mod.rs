@@ -11,6 +11,7 @@
 mod activation;
 mod conv;
 mod elementwise;
+mod fused;
 mod leaf;
 mod loss;
 mod matmul;
@@ -25,6 +26,10 @@ pub use activation::{Maxout, MaxoutGrad, Softmax};
 pub use conv::{Conv2d, Conv2dGradFilter, Conv2dGradInput, PadMode, Padding};
 pub use elementwise::{
     Add, Div, Elu, Exp, LeakyRelu, Log, Mul, Neg, Relu, Sigmoid, Sqrt, Step, Sub, Tanh,
+};
+pub use fused::{
+    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, ReluGrad,
+    SoftmaxCrossEntropyGrad,
 };
 pub use leaf::{Assign, Constant, Init, Input, Output, Parameter, State};
 pub use loss::{
@@ -253,6 +258,18 @@ op_table! {
     BinaryCrossEntropy => "binary_cross_entropy",
     /// Gradient of binary cross-entropy with respect to the prediction.
     BinaryCrossEntropyGrad => "binary_cross_entropy_grad",
+    /// Fused: `matmul + bias (+ relu)`.
+    MatMulBiasAct => "matmul_bias_act",
+    /// Fused: `conv2d + bias (+ relu)`.
+    Conv2dBiasAct => "conv2d_bias_act",
+    /// Fused: `conv2d + bias (+ relu) + max_pool2d`.
+    Conv2dBiasActMaxPool2d => "conv2d_bias_act_max_pool2d",
+    /// Fused: the gradient through a ReLU from its output.
+    ReluGrad => "relu_grad",
+    /// Fused: the gradient through a max pool and the ReLU before it.
+    MaxPool2dGradRelu => "max_pool2d_grad_relu",
+    /// Fused: the gradient of softmax cross-entropy with respect to the logits.
+    SoftmaxCrossEntropyGrad => "softmax_cross_entropy_grad",
 }
 
 impl Op {

@@ -34,7 +34,7 @@ fn load_pair(dir: &Path, images_name: &str, labels_name: &str) -> Result<Dataset
     let labels_path = find(dir, labels_name)?;
     let images = read_idx(&images_path)?;
     let labels = read_idx(&labels_path)?;
-    Dataset::from_idx(&images, &images_path, &labels, &labels_path, MNIST_CLASSES)
+    Dataset::from_idx(images, &images_path, labels, &labels_path, MNIST_CLASSES)
 }
 
 fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
@@ -72,11 +72,11 @@ mod tests {
         let split = load_dir(tmp.path()).unwrap();
         assert_eq!(split.train.len, 3);
         assert_eq!((split.train.height, split.train.width), (2, 2));
-        assert_eq!(split.train.labels, vec![0.0, 5.0, 9.0]);
-        assert_eq!(split.train.images[1], 20.0 / 255.0);
+        assert_eq!(split.train.labels, vec![0, 5, 9]);
+        assert_eq!(split.train.pixels[1], 20);
         assert_eq!(split.test.len, 2);
-        assert_eq!(split.test.images, vec![1.0; 8]);
-        assert_eq!(split.test.labels, vec![1.0, 2.0]);
+        assert_eq!(split.test.pixels, vec![255; 8]);
+        assert_eq!(split.test.labels, vec![1, 2]);
         assert_eq!(split.source, tmp.path().display().to_string());
         split.train.check().unwrap();
         split.test.check().unwrap();

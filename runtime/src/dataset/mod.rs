@@ -14,13 +14,16 @@ pub use dir::{load_dir, FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAI
 /// Number of classes in MNIST-style data (digits 0-9).
 pub const MNIST_CLASSES: usize = 10;
 
-/// A set of grey-scale images with one class label each.
+/// A set of grey-scale images with one class label each, stored as the bytes of the files.
+///
+/// Pixels stay `u8` (a quarter of the memory of `f32`); batches convert them with
+/// [`pixel_value`] as they are assembled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// Pixels scaled to `[0, 1]` (byte / 255), row-major `len x height x width`.
-    pub images: Vec<f32>,
-    /// Class id of each image, as `f32`.
-    pub labels: Vec<f32>,
+    /// Pixel bytes (0-255), row-major `len x height x width`.
+    pub pixels: Vec<u8>,
+    /// Class id of each image.
+    pub labels: Vec<u8>,
     /// Number of images.
     pub len: usize,
     /// Rows per image.
@@ -29,6 +32,11 @@ pub struct Dataset {
     pub width: usize,
     /// Number of classes; every label is below this.
     pub classes: usize,
+}
+
+/// The value a model sees for a pixel byte: scaled to `[0, 1]` as `byte / 255`.
+pub fn pixel_value(byte: u8) -> f32 {
+    f32::from(byte) / 255.0
 }
 
 /// A training set and a test set, with a description of where they came from.
@@ -45,7 +53,7 @@ pub struct DataSplit {
 /// A `Dataset` whose fields disagree with each other.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ShapeError {
-    /// `images.len()` is not `len * height * width`.
+    /// `pixels.len()` is not `len * height * width`.
     #[error(
         "dataset has {found} pixel values but len x height x width = {len} x {height} x {width}"
     )]
@@ -67,27 +75,42 @@ pub enum ShapeError {
         /// Number of images.
         len: usize,
     },
-    /// A label is not an integer in `0..classes`.
+    /// A label is not below the number of classes.
     #[error("dataset label {label} at index {index} is not a class id below {classes}")]
     Label {
         /// Position of the bad label.
         index: usize,
         /// The bad label.
-        label: f32,
+        label: u8,
         /// Number of classes.
         classes: usize,
     },
 }
 
 impl Dataset {
-    /// Builds a dataset from a 3-D images array (`count x rows x columns`) and a 1-D labels array.
+    /// A dataset of `labels.len()` images of `height x width` pixel bytes, checked with
+    /// [`Dataset::check`].
+    pub fn new(
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+        height: usize,
+        width: usize,
+        classes: usize,
+    ) -> Result<Self, ShapeError> {
+        let data = Dataset { len: labels.len(), pixels, labels, height, width, classes };
+        data.check()?;
+        Ok(data)
+    }
+
+    /// Builds a dataset from a 3-D images array (`count x rows x columns`) and a 1-D labels array,
+    /// taking over their storage (no copy).
     ///
     /// The paths only name the sources in errors. Fails if the ranks are wrong, the counts
     /// differ, or a label is not below `classes`.
     pub fn from_idx(
-        images: &IdxArray,
+        images: IdxArray,
         images_path: &Path,
-        labels: &IdxArray,
+        labels: IdxArray,
         labels_path: &Path,
         classes: usize,
     ) -> Result<Self, DataError> {
@@ -95,14 +118,14 @@ impl Dataset {
             return Err(DataError::WrongRank {
                 path: images_path.to_path_buf(),
                 expected: "a 3-D images (count x rows x columns)",
-                found: images.dims.clone(),
+                found: images.dims,
             });
         };
         let &[label_count] = labels.dims.as_slice() else {
             return Err(DataError::WrongRank {
                 path: labels_path.to_path_buf(),
                 expected: "a 1-D labels",
-                found: labels.dims.clone(),
+                found: labels.dims,
             });
         };
         if label_count != len {
@@ -123,17 +146,10 @@ impl Dataset {
                 classes,
             });
         }
-        Ok(Dataset {
-            images: images.data.iter().map(|&b| f32::from(b) / 255.0).collect(),
-            labels: labels.data.iter().map(|&l| f32::from(l)).collect(),
-            len,
-            height,
-            width,
-            classes,
-        })
+        Ok(Dataset { pixels: images.data, labels: labels.data, len, height, width, classes })
     }
 
-    /// Number of `f32` values in one example (`height * width`).
+    /// Number of values in one example (`height * width`).
     pub fn example_len(&self) -> usize {
         self.height.saturating_mul(self.width)
     }
@@ -146,9 +162,9 @@ impl Dataset {
     /// Checks that the fields agree: pixel and label counts match `len`, labels are class ids.
     pub fn check(&self) -> Result<(), ShapeError> {
         let expected = self.len.checked_mul(self.height).and_then(|n| n.checked_mul(self.width));
-        if expected != Some(self.images.len()) {
+        if expected != Some(self.pixels.len()) {
             return Err(ShapeError::Images {
-                found: self.images.len(),
+                found: self.pixels.len(),
                 len: self.len,
                 height: self.height,
                 width: self.width,
@@ -157,8 +173,7 @@ impl Dataset {
         if self.labels.len() != self.len {
             return Err(ShapeError::Labels { found: self.labels.len(), len: self.len });
         }
-        let is_class = |l: f32| l >= 0.0 && l.fract() == 0.0 && (l as usize) < self.classes;
-        match self.labels.iter().position(|&l| !is_class(l)) {
+        match self.labels.iter().position(|&l| usize::from(l) >= self.classes) {
             Some(index) => {
                 Err(ShapeError::Label { index, label: self.labels[index], classes: self.classes })
             }
@@ -178,15 +193,15 @@ mod tests {
     }
 
     fn build(images: &IdxArray, labels: &IdxArray) -> Result<Dataset, DataError> {
-        Dataset::from_idx(images, Path::new("img"), labels, Path::new("lab"), 10)
+        Dataset::from_idx(images.clone(), Path::new("img"), labels.clone(), Path::new("lab"), 10)
     }
 
     #[test]
-    fn scales_pixels_and_keeps_labels() {
+    fn keeps_pixel_bytes_and_labels() {
         let (images, labels) = arrays();
         let d = build(&images, &labels).unwrap();
-        assert_eq!(d.images, vec![0.0, 1.0, 0.2, 0.4]);
-        assert_eq!(d.labels, vec![3.0, 9.0]);
+        assert_eq!(d.pixels, images.data);
+        assert_eq!(d.labels, vec![3, 9]);
         assert_eq!((d.len, d.height, d.width, d.classes), (2, 1, 2, 10));
         assert_eq!(d.example_len(), 2);
         d.check().unwrap();
@@ -230,14 +245,14 @@ mod tests {
         let good = build(&images, &labels).unwrap();
 
         let mut d = good.clone();
-        d.images.pop();
+        d.pixels.pop();
         assert!(matches!(d.check(), Err(ShapeError::Images { found: 3, .. })));
 
         let mut d = good.clone();
-        d.labels.push(0.0);
+        d.labels.push(0);
         assert!(matches!(d.check(), Err(ShapeError::Labels { found: 3, len: 2 })));
 
-        for bad in [-1.0, 0.5, 10.0, f32::NAN] {
+        for bad in [10, 255] {
             let mut d = good.clone();
             d.labels[0] = bad;
             assert!(
@@ -245,5 +260,21 @@ mod tests {
                 "label {bad} accepted"
             );
         }
+    }
+
+    #[test]
+    fn pixel_values_are_bytes_over_255() {
+        assert_eq!([0, 51, 102, 255].map(pixel_value), [0.0, 0.2, 0.4, 1.0]);
+        assert!((0..=255).map(pixel_value).all(|v| (0.0..=1.0).contains(&v)));
+    }
+
+    #[test]
+    fn new_counts_the_labels_and_checks() {
+        let d = Dataset::new(vec![1, 2, 3, 4, 5, 6], vec![0, 2], 1, 3, 3).unwrap();
+        assert_eq!((d.len, d.example_len()), (2, 3));
+        let err = Dataset::new(vec![1, 2, 3], vec![0, 2], 1, 3, 3).unwrap_err();
+        assert!(matches!(err, ShapeError::Images { found: 3, len: 2, .. }), "{err:?}");
+        let err = Dataset::new(vec![1, 2, 3], vec![3], 1, 3, 3).unwrap_err();
+        assert!(matches!(err, ShapeError::Label { index: 0, label: 3, classes: 3 }), "{err:?}");
     }
 }

@@ -1,10 +1,13 @@
-//! [`fit`]: the epoch loop, test evaluation and early stopping.
+//! [`fit`] and [`fit_with_epoch_end`]: the epoch loop, test evaluation, early stopping and the
+//! epoch-end callback.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use super::progress::Progress;
 use super::{
-    BackendError, EarlyStopping, StepBackend, TrainConfig, TrainError, TrainEvent, TrainReport,
+    BackendError, EarlyStopping, EpochEndResult, EpochMetrics, StepBackend, TrainConfig,
+    TrainError, TrainEvent, TrainReport,
 };
 use crate::batch::{in_order, Batcher};
 use crate::dataset::{DataSplit, Dataset};
@@ -18,9 +21,24 @@ pub fn fit<B: StepBackend + ?Sized>(
     backend: &mut B,
     data: &DataSplit,
     config: &TrainConfig,
-    mut on_event: impl FnMut(&TrainEvent),
+    on_event: impl FnMut(&TrainEvent),
 ) -> Result<TrainReport, TrainError> {
-    check_config(config)?;
+    fit_with_epoch_end(backend, data, config, on_event, |_, _| Ok(ControlFlow::Continue(())))
+}
+
+/// [`fit`], calling `on_epoch_end` with the backend and the epoch's [`EpochMetrics`] after each
+/// epoch's evaluation and [`TrainEvent::Epoch`], before early stopping is decided.
+///
+/// The callback may use the backend (e.g. save a checkpoint), return `Break(())` to end the
+/// run after this epoch, or fail, which ends the run with [`TrainError::EpochEnd`].
+pub fn fit_with_epoch_end<B: StepBackend + ?Sized>(
+    backend: &mut B,
+    data: &DataSplit,
+    config: &TrainConfig,
+    mut on_event: impl FnMut(&TrainEvent),
+    mut on_epoch_end: impl FnMut(&mut B, &EpochMetrics) -> EpochEndResult,
+) -> Result<TrainReport, TrainError> {
+    let last_epoch = check_config(config)?;
     let mut batcher = check_data(data, config)?;
     let mut tracker = config.early_stopping.map(Tracker::new);
     let mut report = TrainReport {
@@ -32,49 +50,35 @@ pub fn fit<B: StepBackend + ?Sized>(
         losses: Vec::new(),
     };
 
-    for epoch in 1..=config.epochs {
+    for epoch in config.completed_epochs + 1..=last_epoch {
         let started = Instant::now();
         batcher.start_epoch(epoch as u64 - 1);
-        let progress = Progress::new(config.show_progress, data.train.len, epoch, config.epochs);
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        let mut hit_max_steps = false;
-        while let Some(batch) = batcher.next_batch() {
-            let step = report.steps + 1;
-            let loss =
-                backend.train_step(&batch).map_err(|source| TrainError::Step { step, source })?;
-            if !loss.is_finite() {
-                progress.finish();
-                return Err(TrainError::NonFiniteLoss { step, value: loss });
-            }
-            report.steps = step;
-            report.losses.push(loss);
-            loss_sum += f64::from(loss) * batch.len as f64;
-            seen += batch.len;
-            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            progress.advance(batch.len, loss_sum / seen as f64, rate);
-            if config.log_every > 0 && step.is_multiple_of(config.log_every) {
-                progress.suspend(|| on_event(&TrainEvent::Step { step, loss }));
-            }
-            if config.max_steps == Some(step) {
-                hit_max_steps = true;
-                break;
-            }
-        }
-        let train_seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let progress = Progress::new(config.show_progress, data.train.len, epoch, last_epoch);
+        let trained =
+            train_epoch(backend, &mut batcher, config, &progress, &mut report, &mut on_event);
         progress.finish();
-        report.epochs_run = epoch;
+        let trained = trained?;
+        let train_seconds = started.elapsed().as_secs_f64().max(1e-9);
+        report.epochs_run += 1;
 
         let (test_loss, test_accuracy) = evaluate(backend, &data.test, config.batch_size, epoch)?;
         report.final_test_loss = test_loss;
         report.final_test_accuracy = test_accuracy;
-        on_event(&TrainEvent::Epoch {
+        let metrics = EpochMetrics {
             epoch,
-            train_loss: (loss_sum / seen.max(1) as f64) as f32,
+            steps: report.steps,
+            train_loss: (trained.loss_sum / trained.seen.max(1) as f64) as f32,
             test_loss,
             test_accuracy,
-            images_per_sec: (seen as f64 / train_seconds) as f32,
+            images_per_sec: (trained.seen as f64 / train_seconds) as f32,
             seconds: started.elapsed().as_secs_f32(),
-        });
+        };
+        on_event(&metrics.event());
+        match on_epoch_end(backend, &metrics) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break,
+            Err(error) => return Err(TrainError::EpochEnd { epoch, error }),
+        }
 
         if let Some(t) = tracker.as_mut() {
             if t.should_stop(epoch, test_loss) {
@@ -87,14 +91,60 @@ pub fn fit<B: StepBackend + ?Sized>(
                 break;
             }
         }
-        if hit_max_steps {
+        if trained.hit_max_steps {
             break;
         }
     }
     Ok(report)
 }
 
-fn check_config(config: &TrainConfig) -> Result<(), TrainError> {
+/// What one epoch's training steps add up to.
+struct EpochTraining {
+    /// Sum of the batch losses, each weighted by its batch's length.
+    loss_sum: f64,
+    /// Examples trained on.
+    seen: usize,
+    /// True if `config.max_steps` cut the epoch short.
+    hit_max_steps: bool,
+}
+
+/// Runs the training steps of the epoch `batcher` is positioned at, recording them in `report`.
+fn train_epoch<B: StepBackend + ?Sized>(
+    backend: &mut B,
+    batcher: &mut Batcher<'_>,
+    config: &TrainConfig,
+    progress: &Progress,
+    report: &mut TrainReport,
+    on_event: &mut impl FnMut(&TrainEvent),
+) -> Result<EpochTraining, TrainError> {
+    let started = Instant::now();
+    let mut trained = EpochTraining { loss_sum: 0.0, seen: 0, hit_max_steps: false };
+    while let Some(batch) = batcher.next_batch() {
+        let step = report.steps + 1;
+        let loss =
+            backend.train_step(&batch).map_err(|source| TrainError::Step { step, source })?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step, value: loss });
+        }
+        report.steps = step;
+        report.losses.push(loss);
+        trained.loss_sum += f64::from(loss) * batch.len as f64;
+        trained.seen += batch.len;
+        let rate = trained.seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        progress.advance(batch.len, trained.loss_sum / trained.seen as f64, rate);
+        if config.log_every > 0 && step.is_multiple_of(config.log_every) {
+            progress.suspend(|| on_event(&TrainEvent::Step { step, loss }));
+        }
+        if config.max_steps == Some(step) {
+            trained.hit_max_steps = true;
+            break;
+        }
+    }
+    Ok(trained)
+}
+
+/// Checks `config`; returns the number of the last epoch to run.
+fn check_config(config: &TrainConfig) -> Result<usize, TrainError> {
     let bad = |msg: &str| Err(TrainError::Config(msg.to_string()));
     if config.epochs == 0 {
         return bad("epochs must be at least 1");
@@ -113,7 +163,10 @@ fn check_config(config: &TrainConfig) -> Result<(), TrainError> {
             return bad("early-stopping min delta must be a finite number >= 0");
         }
     }
-    Ok(())
+    match config.completed_epochs.checked_add(config.epochs) {
+        Some(last) => Ok(last),
+        None => bad("completed epochs plus epochs to run is too large"),
+    }
 }
 
 fn check_data<'d>(data: &'d DataSplit, config: &TrainConfig) -> Result<Batcher<'d>, TrainError> {
@@ -137,8 +190,9 @@ fn check_data<'d>(data: &'d DataSplit, config: &TrainConfig) -> Result<Batcher<'
     Ok(batcher)
 }
 
-/// Mean test loss over all examples and, if every batch reports it, the accuracy.
-fn evaluate<B: StepBackend + ?Sized>(
+/// Evaluates `backend` on `test` in order, in batches of `batch_size`: the mean loss over all
+/// examples and, if every batch reports it, the accuracy. `epoch` only labels errors.
+pub fn evaluate<B: StepBackend + ?Sized>(
     backend: &mut B,
     test: &Dataset,
     batch_size: usize,
@@ -146,7 +200,8 @@ fn evaluate<B: StepBackend + ?Sized>(
 ) -> Result<(f32, Option<f32>), TrainError> {
     let mut loss_sum = 0.0f64;
     let mut correct = Some(0usize);
-    for batch in in_order(test, batch_size) {
+    let mut batches = in_order(test, batch_size);
+    while let Some(batch) = batches.next_batch() {
         let out = backend.eval_step(&batch).map_err(|source| TrainError::Eval { epoch, source })?;
         if let Some(c) = out.correct.filter(|&c| c > batch.len) {
             let msg = format!("eval_step reported {c} correct in a batch of {}", batch.len);

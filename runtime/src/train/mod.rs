@@ -2,22 +2,29 @@
 //!
 //! A model implements [`StepBackend`]; [`fit`] feeds it shuffled batches, evaluates on the
 //! test set after each epoch, reports progress through [`TrainEvent`]s and returns a
-//! [`TrainReport`].
+//! [`TrainReport`]. [`fit_with_epoch_end`] also hands the backend to a callback after every
+//! epoch (to save a checkpoint, or to stop).
 
 mod backend;
 mod fit;
 mod progress;
 
 pub use backend::{BackendError, Batch, EvalOutput, StepBackend};
-pub use fit::fit;
+pub use fit::{evaluate, fit, fit_with_epoch_end};
+
+use std::error::Error;
+use std::ops::ControlFlow;
 
 use crate::batch::BatchError;
 
 /// How a training run is driven.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
-    /// Number of passes over the training set (at least 1).
+    /// Number of passes over the training set to run (at least 1).
     pub epochs: usize,
+    /// Epochs completed before this run (0 unless resuming): the first epoch run is number
+    /// `completed_epochs + 1`, shuffled as that epoch of an uninterrupted run.
+    pub completed_epochs: usize,
     /// Examples per batch (at least 1); the last batch of an epoch may be smaller.
     pub batch_size: usize,
     /// Seed of the per-epoch shuffle.
@@ -37,6 +44,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             epochs: 1,
+            completed_epochs: 0,
             batch_size: 32,
             seed: 0,
             max_steps: None,
@@ -93,12 +101,51 @@ pub enum TrainEvent {
     },
 }
 
+/// What an epoch-end callback of [`fit_with_epoch_end`] learns about the epoch just finished
+/// (and evaluated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochMetrics {
+    /// The epoch's number, counting from 1 and including [`TrainConfig::completed_epochs`].
+    pub epoch: usize,
+    /// Steps taken by this run so far.
+    pub steps: usize,
+    /// Mean training loss over the epoch's examples.
+    pub train_loss: f32,
+    /// Mean loss over the test set.
+    pub test_loss: f32,
+    /// Fraction of the test set classified correctly, if the backend reports it.
+    pub test_accuracy: Option<f32>,
+    /// Training throughput of the epoch (evaluation excluded).
+    pub images_per_sec: f32,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f32,
+}
+
+impl EpochMetrics {
+    /// The [`TrainEvent::Epoch`] reporting these metrics.
+    fn event(&self) -> TrainEvent {
+        TrainEvent::Epoch {
+            epoch: self.epoch,
+            train_loss: self.train_loss,
+            test_loss: self.test_loss,
+            test_accuracy: self.test_accuracy,
+            images_per_sec: self.images_per_sec,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// What an epoch-end callback returns: `Continue(())` to go on training, `Break(())` to stop
+/// after this epoch, or an error that ends the run as [`TrainError::EpochEnd`].
+pub type EpochEndResult = Result<ControlFlow<()>, Box<dyn Error + Send + Sync>>;
+
 /// The outcome of a training run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainReport {
     /// Training steps taken.
     pub steps: usize,
-    /// Epochs started (an epoch cut short by `max_steps` counts).
+    /// Epochs started by this run (an epoch cut short by `max_steps` counts); the last one is
+    /// number `completed_epochs + epochs_run`.
     pub epochs_run: usize,
     /// Test loss after the last epoch.
     pub final_test_loss: f32,
@@ -165,6 +212,15 @@ pub enum TrainError {
         step: usize,
         /// The loss value.
         value: f32,
+    },
+    /// The epoch-end callback failed; its error is shown whole (it is not a `source`, so error
+    /// chains do not repeat it).
+    #[error("after epoch {epoch}: {error}")]
+    EpochEnd {
+        /// The epoch just finished.
+        epoch: usize,
+        /// The callback's error.
+        error: Box<dyn Error + Send + Sync>,
     },
     /// The test loss is NaN or infinite.
     #[error("test loss became {value} after epoch {epoch}")]

@@ -6,8 +6,10 @@
 //!   operand; col2im scatter-add for the input gradient).
 //! - [`pool`]: max/average pooling and their gradients, parallel over images, vectorised over
 //!   channels.
+//! - [`fused`]: matmul and convolution with their bias and ReLU (and a following max pool).
 
 mod conv;
+mod fused;
 mod gemm;
 mod pool;
 #[cfg(test)]
@@ -33,6 +35,9 @@ pub(super) fn scratch_len(graph: &Graph, node: NodeId) -> usize {
         Op::Conv2dGradInput(op) => {
             conv::Geo::new(&n.shape, shapes[1], op.stride, op.pad).scratch_grad_input()
         }
+        Op::MatMulBiasAct(_) => fused::matmul_scratch(shapes[0], shapes[1]),
+        Op::Conv2dBiasAct(op) => fused::conv_scratch(op, shapes[0], shapes[1]),
+        Op::Conv2dBiasActMaxPool2d(op) => fused::conv_pool_scratch(op, &shapes),
         _ => 0,
     }
 }
@@ -83,7 +88,17 @@ pub(super) fn lower(
             pool::Geo::new(shapes[0], op.size, op.stride).forward(name, false, &bufs[0], &out)
         }
         Op::MaxPool2dGrad(op) => {
-            pool::Geo::new(shapes[0], op.size, op.stride).max_grad(name, &bufs[0], &bufs[1], &out)
+            let geo = pool::Geo::new(shapes[0], op.size, op.stride);
+            geo.max_grad(name, false, &bufs[0], &bufs[1], &out)
+        }
+        Op::MaxPool2dGradRelu(op) => {
+            let geo = pool::Geo::new(shapes[0], op.size, op.stride);
+            geo.max_grad(name, true, &bufs[0], &bufs[1], &out)
+        }
+        Op::MatMulBiasAct(op) => fused::matmul_bias_act(name, op, &shapes, &bufs, &out, part),
+        Op::Conv2dBiasAct(op) => fused::conv2d_bias_act(name, op, &shapes, &bufs, &out, part),
+        Op::Conv2dBiasActMaxPool2d(op) => {
+            fused::conv2d_bias_act_max_pool2d(name, op, &shapes, &bufs, &out, part)
         }
         Op::AvgPool2dGrad(op) => {
             pool::Geo::new(&n.shape, op.size, op.stride).avg_grad(name, &bufs[0], &out)

@@ -157,7 +157,18 @@ impl Geo {
     /// `max_pool2d_grad(x, g) -> dx`: per window, the maximum `m` again, then in row-major
     /// window order `dx[p] += x[p] == m && found == 0 ? g : 0` and `found |= x[p] == m`, so the
     /// gradient goes to the first maximum only.
-    pub fn max_grad(&self, name: &str, x: &Buffer, g: &Buffer, dx: &Buffer) -> Vec<Kernel> {
+    ///
+    /// With `relu` (`max_pool2d_grad_relu`), `dx` is also masked by `x > 0`: a window's
+    /// gradient lands only where `x[p] == m`, so the mask is `m > 0` and is applied once per
+    /// window, to `g` (`gm = m > 0 ? g : 0`).
+    pub fn max_grad(
+        &self,
+        name: &str,
+        relu: bool,
+        x: &Buffer,
+        g: &Buffer,
+        dx: &Buffer,
+    ) -> Vec<Kernel> {
         vec![self.grad_kernel(name, &[x, g, dx], |k, ids, [n, oi, oj, c], lanes| {
             let (xb, gb, db) = (ids[0], ids[1], ids[2]);
             let z = Index::constant(0);
@@ -178,7 +189,13 @@ impl Geo {
                 }]
             }));
             out.push(Stmt::Set { reg: found, index: z.clone(), value: zero(lanes) });
-            let gv = Expr::load(gb, self.y_at(n, oi, oj, c), lanes);
+            let mut gv = Expr::load(gb, self.y_at(n, oi, oj, c), lanes);
+            if relu {
+                let gm = reg(k, &named("gm", lanes), lanes);
+                let masked = Expr::select(Cmp::Gt, Expr::reg(m), zero(lanes), gv, zero(lanes));
+                out.push(Stmt::Set { reg: gm, index: z.clone(), value: masked });
+                gv = Expr::reg(gm);
+            }
             out.extend(self.window(k, |_, di, dj| {
                 let p = at(di, dj);
                 let is_max = |then: Expr| {

@@ -75,6 +75,19 @@ pub(super) fn binary(cx: &Cx<'_>) -> Vec<Kernel> {
     m.emit(&|_, s, _, _| s[0].clone().bin(op, s[1].clone()))
 }
 
+/// `relu_grad(g, a)`: `g * (a > 0 ? 1 : 0)`, the mask computed with the same select as `step`
+/// and applied with the same multiply as `mul`, so it is bit-identical to the unfused pair.
+pub(super) fn relu_grad(cx: &Cx<'_>) -> Vec<Kernel> {
+    let n = cx.out_shape().numel();
+    let mut m = Map::dense(cx.name(), cx.out(), &[n]);
+    m.operand(cx, 0, &[1]).operand(cx, 1, &[1]);
+    m.emit(&|_, s, _, lanes| {
+        let c = |v: f32| splat_const(v, lanes);
+        let mask = Expr::select(Cmp::Gt, s[1].clone(), c(0.0), c(1.0), c(0.0));
+        s[0].clone().bin(Binary::Mul, mask)
+    })
+}
+
 /// `assign(target, value)`: copies `value` into the target's buffer (the parameter or state
 /// itself; the planner gives the assign node that same buffer).
 pub(super) fn assign(cx: &Cx<'_>) -> Vec<Kernel> {

@@ -24,6 +24,8 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
+pub(super) use movement::bias_act;
+
 use kiln_ir::{Graph, NodeId, Op, Shape};
 
 use super::{Buffers, LowerError};
@@ -48,6 +50,7 @@ pub(super) fn lower(
         | Op::Tanh(_)
         | Op::Step(_) => elementwise::unary(&cx),
         Op::Add(_) | Op::Sub(_) | Op::Mul(_) | Op::Div(_) => elementwise::binary(&cx),
+        Op::ReluGrad(_) => elementwise::relu_grad(&cx),
         Op::Assign(_) => elementwise::assign(&cx),
         Op::Dropout(op) => elementwise::dropout(&cx, op),
         Op::GaussianNoise(op) => elementwise::gaussian_noise(&cx, op),
@@ -65,6 +68,7 @@ pub(super) fn lower(
         Op::MeanSquaredError(_) => loss::mse(&cx),
         Op::BinaryCrossEntropy(_) => loss::binary_cross_entropy(&cx),
         Op::BinaryCrossEntropyGrad(_) => loss::binary_cross_entropy_grad(&cx),
+        Op::SoftmaxCrossEntropyGrad(_) => loss::softmax_cross_entropy_grad(&cx),
         op => {
             return Err(LowerError {
                 node: cx.name().to_string(),

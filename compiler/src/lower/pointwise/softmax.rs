@@ -1,19 +1,20 @@
 //! Activations across the channel axis: softmax (per row: max, exp and sum, divide) and
-//! maxout with its gradient.
+//! maxout with its gradient. The softmax's row passes ([`row_max`], [`exp_sum`]) are shared
+//! with the softmax cross-entropy gradient (`loss.rs`), so both compute the same exponentials.
 
 use super::nest::{
     affine, declare, for_loop, lanes_of, nest, run, serial, set, set_at, store, sum_run, Map,
     PAR_MIN,
 };
 use super::Cx;
-use crate::kernel::{Binary, Cmp, Expr, Index, Kernel, LoopKind, Unary};
+use crate::kernel::{Binary, BufId, Cmp, Expr, Index, Kernel, LoopKind, Reg, Stmt, Unary};
 
 /// Unroll the loop over a maxout group up to this many pieces.
 const MAX_UNROLL: usize = 8;
 
 /// `softmax` along the last axis, one row per iteration (parallel over rows when large):
-/// the row maximum in four scalar registers (4 elements per step) and a scalar tail; then
-/// `y = exp(x - max)` stored and summed in f32x4 accumulators (a fixed order); then `y /= sum`.
+/// the row maximum ([`row_max`]), `y = exp(x - max)` stored and summed ([`exp_sum`]), then
+/// `y /= sum`.
 pub(super) fn softmax(cx: &Cx<'_>) -> Vec<Kernel> {
     let c = cx.out_shape().dim(-1);
     let numel = cx.out_shape().numel();
@@ -29,43 +30,8 @@ pub(super) fn softmax(cx: &Cx<'_>) -> Vec<Kernel> {
     k.body = nest(&mut k, dims, parallel, |k, vars| {
         let base = affine(0, &[c as i64], vars);
         let at = |i: &Index| base.clone().plus_index(i);
-        let mut s = Vec::new();
-        // The maximum.
-        let max = k.reg("max", 1, 1);
-        let c4 = c / 4 * 4;
-        let neg_inf = Expr::c(f32::NEG_INFINITY);
-        if c4 > 0 {
-            let m4 = k.reg("max4", 1, 4);
-            let u = k.var();
-            s.push(for_loop(u, 4, 1, LoopKind::Unrolled, vec![set_at(m4, u, neg_inf.clone())]));
-            let (i, u) = (k.var(), k.var());
-            let value = Expr::load(x, at(&Index::var(i, 1).plus_var(u, 1)), 1)
-                .bin(Binary::Max, Expr::Reg(m4, Index::var(u, 1)));
-            let inner = for_loop(u, 4, 1, LoopKind::Unrolled, vec![set_at(m4, u, value)]);
-            s.push(for_loop(i, c4, 4, LoopKind::Serial, vec![inner]));
-            let r = |j| Expr::Reg(m4, Index::constant(j));
-            s.push(set(
-                max,
-                r(0).bin(Binary::Max, r(1)).bin(Binary::Max, r(2).bin(Binary::Max, r(3))),
-            ));
-        } else {
-            s.push(set(max, neg_inf));
-        }
-        if c > c4 {
-            s.extend(serial(k, c - c4, c4 as i64, |_, i| {
-                let value = Expr::load(x, at(i), 1).bin(Binary::Max, Expr::reg(max));
-                vec![set(max, value)]
-            }));
-        }
-        // exp(x - max), stored and summed.
-        let max4 = k.reg("max_v", 4, 1);
-        s.push(set(max4, Expr::reg(max).splat()));
-        let pick = |r1, r4, lanes| if lanes == 4 { Expr::reg(r4) } else { Expr::reg(r1) };
-        let (sum_stmts, sum) = sum_run(k, c, &mut |_, i, lanes| {
-            let e =
-                Expr::load(x, at(i), lanes).bin(Binary::Sub, pick(max, max4, lanes)).un(Unary::Exp);
-            (vec![store(y, at(i), e)], Expr::load(y, at(i), lanes))
-        });
+        let (mut s, max) = row_max(k, x, &at, c);
+        let (sum_stmts, sum) = exp_sum(k, x, y, &at, c, max);
         s.extend(sum_stmts);
         // Divide by the sum.
         let sum4 = k.reg("sum_v", 4, 1);
@@ -77,6 +43,72 @@ pub(super) fn softmax(cx: &Cx<'_>) -> Vec<Kernel> {
         s
     });
     vec![k]
+}
+
+/// The 4-lane register `r4` or the scalar `r1`, for a value of `lanes` lanes.
+fn pick(r1: Reg, r4: Reg, lanes: u8) -> Expr {
+    if lanes == 4 {
+        Expr::reg(r4)
+    } else {
+        Expr::reg(r1)
+    }
+}
+
+/// Statements leaving in the returned register the maximum of a row of `c` elements of `x`
+/// (element `i` at `at(i)`): four scalar registers over blocks of 4 elements, combined, then
+/// a scalar tail.
+pub(super) fn row_max(
+    k: &mut Kernel,
+    x: BufId,
+    at: &dyn Fn(&Index) -> Index,
+    c: usize,
+) -> (Vec<Stmt>, Reg) {
+    let mut s = Vec::new();
+    let max = k.reg("max", 1, 1);
+    let c4 = c / 4 * 4;
+    let neg_inf = Expr::c(f32::NEG_INFINITY);
+    if c4 > 0 {
+        let m4 = k.reg("max4", 1, 4);
+        let u = k.var();
+        s.push(for_loop(u, 4, 1, LoopKind::Unrolled, vec![set_at(m4, u, neg_inf.clone())]));
+        let (i, u) = (k.var(), k.var());
+        let value = Expr::load(x, at(&Index::var(i, 1).plus_var(u, 1)), 1)
+            .bin(Binary::Max, Expr::Reg(m4, Index::var(u, 1)));
+        let inner = for_loop(u, 4, 1, LoopKind::Unrolled, vec![set_at(m4, u, value)]);
+        s.push(for_loop(i, c4, 4, LoopKind::Serial, vec![inner]));
+        let r = |j| Expr::Reg(m4, Index::constant(j));
+        s.push(set(max, r(0).bin(Binary::Max, r(1)).bin(Binary::Max, r(2).bin(Binary::Max, r(3)))));
+    } else {
+        s.push(set(max, neg_inf));
+    }
+    if c > c4 {
+        s.extend(serial(k, c - c4, c4 as i64, |_, i| {
+            let value = Expr::load(x, at(i), 1).bin(Binary::Max, Expr::reg(max));
+            vec![set(max, value)]
+        }));
+    }
+    (s, max)
+}
+
+/// Statements storing `y = exp(x - max)` over a row of `c` elements (element `i` at `at(i)`
+/// in both buffers) and leaving their sum, in the fixed order of [`sum_run`], in the returned
+/// register.
+pub(super) fn exp_sum(
+    k: &mut Kernel,
+    x: BufId,
+    y: BufId,
+    at: &dyn Fn(&Index) -> Index,
+    c: usize,
+    max: Reg,
+) -> (Vec<Stmt>, Reg) {
+    let max4 = k.reg("max_v", 4, 1);
+    let mut s = vec![set(max4, Expr::reg(max).splat())];
+    let (sum_stmts, sum) = sum_run(k, c, &mut |_, i, lanes| {
+        let e = Expr::load(x, at(i), lanes).bin(Binary::Sub, pick(max, max4, lanes)).un(Unary::Exp);
+        (vec![store(y, at(i), e)], Expr::load(y, at(i), lanes))
+    });
+    s.extend(sum_stmts);
+    (s, sum)
 }
 
 /// `maxout{pieces}`: a map over the units whose operands are the `pieces` strided views of

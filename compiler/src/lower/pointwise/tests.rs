@@ -564,8 +564,14 @@ fn softmax_cross_entropy_matches_reference() {
     {
         let x = random(&mut rng, &[n, c], -scale, scale);
         let labels = random(&mut rng, &[n], 0.0, c as f64).map(f64::floor);
-        let r =
-            check(&format!("sce [{n},{c}]±{scale}"), SoftmaxCrossEntropy {}, &[x, labels], 0, 1e-5);
+        let w = weights(n);
+        let r = check(
+            &format!("sce [{n},{c}]±{scale}"),
+            SoftmaxCrossEntropy {},
+            &[x, labels, w],
+            0,
+            1e-5,
+        );
         assert_eq!(r.kernels.len(), 1);
         assert!(!is_parallel(&r.kernels[0]));
     }
@@ -575,14 +581,24 @@ fn softmax_cross_entropy_matches_reference() {
 fn mse_and_binary_cross_entropy_match_reference() {
     let mut rng = Lcg(18);
     for &n in SIZES {
-        let p = random(&mut rng, &[n], -2.0, 2.0);
-        let t = random(&mut rng, &[n], -2.0, 2.0);
-        check(&format!("mse n={n}"), MeanSquaredError {}, &[p, t], 0, 1e-5);
-        let p = random(&mut rng, &[n], 0.0, 1.0);
-        let t = random(&mut rng, &[n], 0.0, 1.0).map(f64::round);
-        check(&format!("bce n={n}"), BinaryCrossEntropy {}, &[p.clone(), t.clone()], 0, 1e-5);
-        check(&format!("bce_grad n={n}"), BinaryCrossEntropyGrad {}, &[p, t], 0, 1e-5);
+        for rows in [1, 3] {
+            let shape = [rows, n];
+            let w = weights(rows);
+            let p = random(&mut rng, &shape, -2.0, 2.0);
+            let t = random(&mut rng, &shape, -2.0, 2.0);
+            check(&format!("mse {shape:?}"), MeanSquaredError {}, &[p, t, w.clone()], 0, 1e-5);
+            let p = random(&mut rng, &shape, 0.0, 1.0);
+            let t = random(&mut rng, &shape, 0.0, 1.0).map(f64::round);
+            let operands = [p, t, w];
+            check(&format!("bce {shape:?}"), BinaryCrossEntropy {}, &operands, 0, 1e-5);
+            check(&format!("bce_grad {shape:?}"), BinaryCrossEntropyGrad {}, &operands, 0, 1e-5);
+        }
     }
+    // Image-shaped predictions (a convolutional autoencoder): rows of 5 x 3 x 2 values.
+    let w = weights(4);
+    let p = random(&mut rng, &[4, 5, 3, 2], -2.0, 2.0);
+    let t = random(&mut rng, &[4, 5, 3, 2], -2.0, 2.0);
+    check("mse [4,5,3,2]", MeanSquaredError {}, &[p, t, w], 0, 1e-5);
     // The clip range, at and around its ends (as f32 values).
     let (lo, hi) = bce_range();
     let edges: Vec<f64> = [0.0, 1.0, 1e-8, 1e-7, lo, hi, 1.0 - 1e-8, 0.5, 2.0, -1.0]
@@ -595,8 +611,16 @@ fn mse_and_binary_cross_entropy_match_reference() {
     let n = edges.len();
     let p = tensor(&[n], edges);
     let t = tensor(&[n], (0..n).map(|i| (i % 2) as f64).collect());
-    check("bce at the clip range", BinaryCrossEntropy {}, &[p.clone(), t.clone()], 0, 1e-5);
-    check("bce_grad at the clip range", BinaryCrossEntropyGrad {}, &[p, t], 0, 1e-5);
+    let w = tensor(&[n], vec![1.0 / n as f64; n]);
+    let operands = [p, t, w];
+    check("bce at the clip range", BinaryCrossEntropy {}, &operands, 0, 1e-5);
+    check("bce_grad at the clip range", BinaryCrossEntropyGrad {}, &operands, 0, 1e-5);
+}
+
+/// Example weights for `n` rows: `1/m` for the first `m = n - n/3` rows, then 0 (padding).
+fn weights(n: usize) -> Tensor {
+    let m = n - n / 3;
+    tensor(&[n], (0..n).map(|i| if i < m { 1.0 / m as f64 } else { 0.0 }).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
