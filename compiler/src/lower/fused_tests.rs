@@ -211,15 +211,17 @@ fn matmul_bias_act_shapes() {
             check_matmul_bias_act(m, k, n, relu, (m * 31 + k * 7 + n) as u64);
         }
     }
-    // The GEMM's own kernels, then one in-place map.
+    // Only the GEMM's own kernels: the bias and ReLU are their store epilogue.
     let r = check_matmul_bias_act(7, 5, 15, true, 1);
-    assert_eq!(names(&r.kernels), ["y", "y.rows", "y.bias_act"]);
-    let text = crate::kernel::print::print(&r.kernels[2]);
-    assert!(text.contains("..+4]") && text.contains("max("), "{text}");
-    // A split K: the partial products in the scratch.
+    assert_eq!(names(&r.kernels), ["y", "y.rows"]);
+    let text = crate::kernel::print::print(&r.kernels[0]);
+    assert!(text.contains("= max(add(acc[2*v10 + v11], %x2[4*v11..+4]), splat(0.0))"), "{text}");
+    // A split K: the partial products in the scratch, the epilogue in their final sum.
     let r = check_matmul_bias_act(9, 4100, 5, false, 2);
     assert_eq!(r.kernels[0].name, "y.split");
-    assert_eq!(r.kernels.last().unwrap().name, "y.bias_act");
+    assert_eq!(names(&r.kernels), ["y.split", "y.sum", "y.sum.rows"]);
+    let text = crate::kernel::print::print(r.kernels.last().unwrap());
+    assert!(text.contains("= add(acc4, %x2[0..+4])"), "{text}");
 }
 
 fn conv_inputs(x: [usize; 4], w: [usize; 4], seed: u64) -> [Tensor; 3] {
@@ -282,11 +284,12 @@ fn conv2d_bias_act_shapes() {
         }
     }
     check_conv_bias_act([2, 28, 28, 1], [5, 5, 1, 6], [1, 1], SAME, true, 7);
-    // im2col, the GEMM's kernels, then one in-place map; a pointwise conv has no im2col.
+    // im2col, then the GEMM's kernels (the bias and ReLU their epilogue); a pointwise conv has
+    // no im2col.
     let r = check_conv_bias_act([3, 5, 5, 6], [3, 3, 6, 8], [1, 1], SAME, true, 8);
-    assert_eq!(names(&r.kernels), ["y.im2col", "y.gemm", "y.gemm.rows", "y.bias_act"]);
+    assert_eq!(names(&r.kernels), ["y.im2col", "y.gemm", "y.gemm.rows"]);
     let r = check_conv_bias_act([3, 5, 5, 6], [1, 1, 6, 8], [1, 1], VALID, true, 9);
-    assert_eq!(names(&r.kernels), ["y.gemm", "y.gemm.rows", "y.bias_act"]);
+    assert_eq!(names(&r.kernels), ["y.gemm", "y.gemm.rows"]);
 }
 
 #[test]
@@ -303,9 +306,8 @@ fn conv2d_bias_act_max_pool2d_shapes() {
     }
     // The activation lives in the scratch; the pool reads it from there.
     let r = check_conv_pool([2, 8, 8, 3], [3, 3, 3, 5], [1, 1], SAME, true, [2, 2], [2, 2], 5);
-    let want = ["y.im2col", "y.gemm", "y.bias_act", "y.pool"];
-    assert_eq!(names(&r.kernels), want);
-    let act = r.kernels[3].bufs.iter().find(|b| b.name == "y.act").expect("pool reads y.act");
+    assert_eq!(names(&r.kernels), ["y.im2col", "y.gemm", "y.pool"]);
+    let act = r.kernels[2].bufs.iter().find(|b| b.name == "y.act").expect("pool reads y.act");
     assert_eq!(act.len, 2 * 8 * 8 * 5);
 }
 

@@ -1,39 +1,20 @@
 //! Fused ops built on the dense kernels: a matmul or convolution with its bias and ReLU, and
 //! the convolution followed by its max pool.
 //!
-//! The product is lowered as its unfused op is, into the fused node's output; its [`BiasAct`]
-//! then runs as one in-place map over that output (`<node>.bias_act`), vectorised along the
-//! columns, so the result rounds exactly as `bias_add` then `relu` would. (When the GEMM gets
-//! a store epilogue, the map becomes that epilogue: `BiasAct::kernels` is the only place to
-//! change.) `conv2d_bias_act_max_pool2d` writes the activation into its scratch and pools it
-//! from there into the output.
+//! The bias and ReLU are the GEMM's [`Epilogue`]: applied by the store that follows each output
+//! element's last k-step, so the fused op makes one pass over its output, with the same
+//! roundings as `bias_add` then `relu`. `conv2d_bias_act_max_pool2d` writes the activation
+//! into its scratch and pools it from there into the output.
 
 use kiln_ir::ops::{Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMul, MatMulBiasAct};
 use kiln_ir::{OpSpec, Shape};
 
-use super::{conv, gemm, pool};
+use super::{conv, gemm, pool, Epilogue};
 use crate::kernel::{Buffer, Kernel};
 
-/// What a product's output gets once the product is complete: `+ bias` along its columns,
-/// then ReLU when `relu`.
-pub(super) struct BiasAct<'a> {
-    /// The bias, one value per column.
-    pub bias: &'a Buffer,
-    /// Apply ReLU after the bias.
-    pub relu: bool,
-}
-
-impl BiasAct<'_> {
-    /// The kernels applying it in place to `y`, a row-major matrix of `cols` columns.
-    fn kernels(&self, name: &str, y: &Buffer, cols: usize) -> Vec<Kernel> {
-        crate::lower::pointwise::bias_act(
-            &format!("{name}.bias_act"),
-            y,
-            self.bias,
-            cols,
-            self.relu,
-        )
-    }
+/// The epilogue adding `bias` (one value per output column), then ReLU when `relu`.
+fn bias_act(bias: &Buffer, relu: bool) -> Epilogue {
+    Epilogue { bias: Some(bias.clone()), relu }
 }
 
 /// Scratch of `matmul_bias_act(x, w, b)`: the GEMM's partial products (when `K` is split).
@@ -56,7 +37,7 @@ fn activation_shape(op: &Conv2dBiasActMaxPool2d, shapes: &[&Shape]) -> Shape {
     op.conv().infer(shapes).expect("shape inference checked the fused op")
 }
 
-/// `matmul_bias_act(x, w, b) -> y`: the GEMM `y = x · w`, then the bias and activation.
+/// `matmul_bias_act(x, w, b) -> y`: the GEMM `y = x · w` storing `relu?(acc + b)`.
 pub(super) fn matmul_bias_act(
     name: &str,
     op: &MatMulBiasAct,
@@ -66,13 +47,12 @@ pub(super) fn matmul_bias_act(
     part: impl Fn(&str, usize, usize) -> Buffer,
 ) -> Vec<Kernel> {
     let (x, w) = (shapes[0], shapes[1]);
-    let mut out = gemm::lower_matmul(name, &MatMul::default(), x, w, &bufs[..2], y, part);
-    out.extend(BiasAct { bias: &bufs[2], relu: op.relu }.kernels(name, y, w.dim(1)));
-    out
+    let epilogue = bias_act(&bufs[2], op.relu);
+    gemm::lower_matmul(name, &MatMul::default(), x, w, &bufs[..2], y, part, &epilogue)
 }
 
-/// `conv2d_bias_act(x, w, b) -> y`: the convolution (im2col + GEMM) into `y`, then the bias
-/// and activation.
+/// `conv2d_bias_act(x, w, b) -> y`: the convolution (im2col + GEMM) into `y`, its GEMM storing
+/// `relu?(acc + b)`.
 pub(super) fn conv2d_bias_act(
     name: &str,
     op: &Conv2dBiasAct,
@@ -82,9 +62,7 @@ pub(super) fn conv2d_bias_act(
     part: impl Fn(&str, usize, usize) -> Buffer,
 ) -> Vec<Kernel> {
     let geo = conv::Geo::new(shapes[0], shapes[1], op.stride, op.pad);
-    let mut out = geo.conv(name, &bufs[0], &bufs[1], y, part);
-    out.extend(BiasAct { bias: &bufs[2], relu: op.relu }.kernels(name, y, shapes[1].dim(3)));
-    out
+    geo.conv(name, (&bufs[0], &bufs[1], y), part, &bias_act(&bufs[2], op.relu))
 }
 
 /// `conv2d_bias_act_max_pool2d(x, w, b) -> y`: `conv2d_bias_act` into the scratch (`.act`),

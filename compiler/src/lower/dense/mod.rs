@@ -118,6 +118,7 @@ fn scratch_part(node: &str, scratch: Option<&Buffer>) -> impl Fn(&str, usize, us
     }
 }
 
+#[cfg(test)]
 /// The scratch (f32 elements) of [`lower_with_epilogue`] for `op` on operands of `shapes`.
 pub(crate) fn epilogue_scratch_len(op: &Op, shapes: [&Shape; 2]) -> usize {
     match op {
@@ -138,7 +139,7 @@ pub(crate) fn epilogue_scratch_len(op: &Op, shapes: [&Shape; 2]) -> usize {
 /// `name` prefixes the kernels and the scratch parts; `scratch` must hold
 /// [`epilogue_scratch_len`] elements when that is not 0. Errors (a bug in the caller, never
 /// user input): another op, a bias of the wrong length, a short scratch.
-#[allow(dead_code)] // Called by fused ops (next); tested here.
+#[cfg(test)] // The fused ops call the GEMM and convolution directly; tests use this.
 pub(crate) fn lower_with_epilogue(
     name: &str,
     op: &Op,

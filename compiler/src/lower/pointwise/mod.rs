@@ -24,8 +24,6 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
-pub(super) use movement::bias_act;
-
 use kiln_ir::{Graph, NodeId, Op, Shape};
 
 use super::{Buffers, LowerError};

@@ -3,9 +3,9 @@
 
 use kiln_ir::ops::Slice;
 
-use super::nest::{row_major, splat_const, Map};
+use super::nest::{row_major, Map};
 use super::Cx;
-use crate::kernel::{Binary, Buffer, Kernel};
+use crate::kernel::{Binary, Kernel};
 
 /// `broadcast{shape, axes}`: each output element reads the operand at its kept axes (stride 0
 /// along the new ones; an innermost broadcast run is one register splat across f32x4 stores).
@@ -29,35 +29,6 @@ pub(super) fn bias_add(cx: &Cx<'_>) -> Vec<Kernel> {
     let mut m = Map::dense(cx.name(), cx.out(), &[rows, c]);
     m.operand(cx, 0, &[c as i64, 1]).operand(cx, 1, &[0, 1]);
     m.emit(&|_, s, _, _| s[0].clone().bin(Binary::Add, s[1].clone()))
-}
-
-/// `y = y + b` along rows of `c` (then ReLU when `relu`), in place, vectorised along `c`,
-/// parallel over rows: the bias and activation of a fused matmul or convolution whose product
-/// is already in `y`. Rounds as `bias_add` then `relu` do.
-pub(in crate::lower) fn bias_act(
-    name: &str,
-    y: &Buffer,
-    b: &Buffer,
-    c: usize,
-    relu: bool,
-) -> Vec<Kernel> {
-    let rows = y.len / c.max(1);
-    let mut m = Map::dense(name, y.clone(), &[rows, c]);
-    m.read(y.clone(), 0, &[c as i64, 1]).read(b.clone(), 0, &[0, 1]);
-    let mut kernels = m.emit(&|_, s, _, lanes| {
-        let v = s[0].clone().bin(Binary::Add, s[1].clone());
-        if relu {
-            v.bin(Binary::Max, splat_const(0.0, lanes))
-        } else {
-            v
-        }
-    });
-    if kernels.len() > 1 {
-        for (i, k) in kernels.iter_mut().enumerate() {
-            k.name = format!("{name}#{i}");
-        }
-    }
-    kernels
 }
 
 /// `transpose{perm}`: output axis `i` reads input axis `perm[i]` (vector copies when the last
