@@ -101,7 +101,11 @@ fn dump_fused_explains_each_fusion() {
         "{text}"
     );
     assert!(text.contains("#   by conv-bias -> conv-bias-relu"), "{text}");
-    assert!(text.contains("= max_pool2d_grad_relu(%conv2d_2.relu, %d.max_pool2d_2)"), "{text}");
+    assert!(
+        text.contains("= max_pool2d_grad_relu_bias(%conv2d_2.relu, %d.max_pool2d_2)"),
+        "{text}"
+    );
+    assert!(text.contains("%d.conv2d_2.bias = part(%d.conv2d_2.bias."), "{text}");
     // The graph part parses back.
     let graph: String =
         text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();

@@ -9,8 +9,8 @@ use kiln::compiler::interp::{self, Variables};
 use kiln::compiler::lower::lower;
 use kiln::compiler::memory::{plan, Persistent};
 use kiln::ir::ops::{
-    Conv2dBiasAct, Conv2dBiasActMaxPool2d, Input, MatMulBiasAct, MaxPool2dGradRelu, PadMode,
-    Padding, ReluGrad, Reshape, SoftmaxCrossEntropyGrad,
+    Conv2dBiasAct, Conv2dBiasActMaxPool2d, Input, MatMulBiasAct, MaxPool2dGradRelu,
+    MaxPool2dGradReluBias, PadMode, Padding, Part, ReluGrad, Reshape, SoftmaxCrossEntropyGrad,
 };
 use kiln::ir::{EvalCtx, Graph, NodeId, Shape, Tensor};
 use kiln::runtime::exec::{run_kernels, KernelCall, Pool};
@@ -59,10 +59,16 @@ fn fused_graph(batch: usize) -> (Graph, Vec<NodeId>, Vec<NodeId>) {
     let p = g.add(pool_op, &[x, w, b], "p").unwrap();
     let dp = g.add(MaxPool2dGradRelu { size: [2, 2], stride: [2, 2] }, &[a, gp], "dp").unwrap();
     let da = g.add(ReluGrad {}, &[ga, a], "da").unwrap();
+    // The same gradient with its bias gradient, packed, and read back through parts.
+    let packed = MaxPool2dGradReluBias { size: [2, 2], stride: [2, 2] };
+    let dpb = g.add(packed, &[a, gp], "dpb").unwrap();
+    let dz = Part { offset: 0, shape: vec![batch, 9, 9, 6] };
+    let dz = g.add(dz, &[dpb], "dpb.dz").unwrap();
+    let db = g.add(Part { offset: batch * 9 * 9 * 6, shape: vec![6] }, &[dpb], "dpb.db").unwrap();
     let flat = g.add(Reshape { shape: vec![batch, 96] }, &[p], "flat").unwrap();
     let logits = g.add(MatMulBiasAct { relu: false }, &[flat, w2, b2], "logits").unwrap();
     let dl = g.add(SoftmaxCrossEntropyGrad {}, &[logits, labels, weights, scale], "dl").unwrap();
-    (g, inputs, vec![a, p, dp, da, logits, dl])
+    (g, inputs, vec![a, p, dp, da, dz, db, logits, dl])
 }
 
 #[test]

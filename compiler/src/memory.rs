@@ -17,7 +17,7 @@ use std::fmt::Write;
 use kiln_ir::{Graph, NodeId, Op};
 
 use crate::kernel::Buffer;
-use crate::lower::{is_alias, scratch_len};
+use crate::lower::{alias_buffer, is_alias, scratch_len};
 
 /// Buffers are aligned to 16 f32 (64 bytes, a cache line).
 const ALIGN: usize = 16;
@@ -162,10 +162,15 @@ pub fn plan(
             scratch.insert(id, Buffer { name: format!("{}.scratch", node.name), offset, len: s });
         }
     }
+    // Aliases (in execution order, so their operand's buffer is known): the operand's
+    // buffer, or the part of it they view; an assign writes its variable's.
     for &id in order {
-        let r = root(graph, id);
-        if r != id {
-            let b = buffers[&r].clone();
+        if root(graph, id) != id {
+            let operand = &buffers[&graph.operands(id)[0]];
+            let b = match &graph.node(id).op {
+                Op::Assign(_) => operand.clone(),
+                op => alias_buffer(op, operand, graph.node(id).shape.numel()),
+            };
             buffers.insert(id, b);
         }
     }

@@ -3,8 +3,8 @@
 //! zeros.
 
 use kiln_ir::ops::{
-    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, PadMode, Padding,
-    ReluGrad, Softmax, SoftmaxCrossEntropyGrad,
+    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, MaxPool2dGradReluBias,
+    PadMode, Padding, ReluGrad, Softmax, SoftmaxCrossEntropyGrad,
 };
 use kiln_ir::{Shape, Tensor};
 use proptest::prelude::*;
@@ -133,13 +133,34 @@ fn pool_grad_relu(a: Tensor, size: [usize; 2], stride: [usize; 2], seed: u64) ->
     let [n, h, w, c]: [usize; 4] = a.shape.dims().try_into().unwrap();
     let (oh, ow) = ((h - size[0]) / stride[0] + 1, (w - size[1]) / stride[1] + 1);
     let g = random(&mut rng, &[n, oh, ow, c], -1.0, 1.0);
-    let r = run_op(MaxPool2dGradRelu { size, stride }, &[a.clone(), g], 0);
+    let r = run_op(MaxPool2dGradRelu { size, stride }, &[a.clone(), g.clone()], 0);
     let case = format!("max_pool2d_grad_relu {:?} size {size:?} stride {stride:?}", a.shape);
     assert_close(&case, &r.got, &r.want, 1e-6);
     for (i, (&v, &d)) in a.data.iter().zip(&r.got.data).enumerate() {
         assert!(v > 0.0 || d == 0.0, "{case}: dx[{i}] = {d} where a = {v}");
     }
+    pool_grad_relu_bias(&r, a, g, size, stride, &case);
     r
+}
+
+/// `max_pool2d_grad_relu_bias` on the operands `plain` ran on: its gradient part bit-identical
+/// to `plain`'s, its bias part (summed in the same kernel) close to the reference.
+fn pool_grad_relu_bias(
+    plain: &Lowered,
+    a: Tensor,
+    g: Tensor,
+    size: [usize; 2],
+    stride: [usize; 2],
+    case: &str,
+) {
+    let r = run_op(MaxPool2dGradReluBias { size, stride }, &[a.clone(), g], 0);
+    let (numel, c) = (a.shape.numel(), a.shape.dim(-1));
+    assert_eq!(r.got.data[..numel], plain.got.data[..], "{case}: the bias variant's gradient");
+    let tail = |t: &Tensor| tensor(&[c], t.data[numel..].to_vec());
+    let rows = numel / c;
+    assert_close(&format!("{case}: bias"), &tail(&r.got), &tail(&r.want), tol(rows) / 10.0);
+    assert_eq!(names(&r.kernels), ["y", "y.bias"], "{case}");
+    assert!(is_parallel(&r.kernels[0]) || a.shape.dim(0) == 1, "{case}: parallel over images");
 }
 
 #[test]

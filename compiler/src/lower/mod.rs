@@ -5,7 +5,8 @@
 //! scratch buffer of [`scratch_len`] elements (im2col columns, packed matrices).
 //!
 //! Nodes that produce no kernel: inputs (fed by the runtime), parameters and state (initialised
-//! once in the arena), `reshape` and `output` (the planner gives them their operand's buffer).
+//! once in the arena), `reshape`, `output` and `part` (the planner gives them their operand's
+//! buffer, or the part of it they view).
 //! A constant is a small fill kernel, since its buffer is reused by other programs.
 
 mod dense;
@@ -37,9 +38,20 @@ pub struct LowerError {
     pub message: String,
 }
 
-/// True for nodes whose value is their first operand's buffer (no kernel, no storage).
+/// True for nodes whose value is their first operand's buffer, or a part of it (no kernel, no
+/// storage of their own).
 pub fn is_alias(op: &Op) -> bool {
-    matches!(op, Op::Reshape(_) | Op::Output(_))
+    matches!(op, Op::Reshape(_) | Op::Output(_) | Op::Part(_))
+}
+
+/// The buffer of an alias node (see [`is_alias`]) whose operand lives in `operand`: the same
+/// buffer, or for a `part` the sub-range it views.
+pub fn alias_buffer(op: &Op, operand: &Buffer, len: usize) -> Buffer {
+    let at = match op {
+        Op::Part(p) => p.offset,
+        _ => 0,
+    };
+    Buffer { name: operand.name.clone(), offset: operand.offset + at, len }
 }
 
 /// The scratch (in f32 elements) that lowering `node` needs; 0 for most ops.
@@ -96,6 +108,7 @@ pub fn lower(
         | Op::AvgPool2d(_)
         | Op::AvgPool2dGrad(_)
         | Op::MaxPool2dGradRelu(_)
+        | Op::MaxPool2dGradReluBias(_)
         | Op::MatMulBiasAct(_)
         | Op::Conv2dBiasAct(_)
         | Op::Conv2dBiasActMaxPool2d(_) => dense::lower(graph, node, buffers, scratch)?,

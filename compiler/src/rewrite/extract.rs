@@ -23,7 +23,7 @@ pub fn node_cost(egraph: &KilnGraph, node: &Node) -> Option<f64> {
     let Some((op, operands)) = node.op(&egraph.analysis.ops, |id| attr_of(egraph, id)) else {
         return Some(0.0);
     };
-    if op.spec().is_leaf() || matches!(op, Op::Reshape(_) | Op::Output(_)) {
+    if op.spec().is_leaf() || crate::lower::is_alias(&op) {
         return Some(0.0); // no kernel: fed, initialised once, or an alias
     }
     let shape_of = |id: Id| egraph[id].data.shape.clone();

@@ -67,6 +67,7 @@ mod node {
             "conv2d_bias_act" = Conv2dBiasAct([Id; 4]),
             "conv2d_bias_act_max_pool2d" = Conv2dBiasActMaxPool2d([Id; 4]),
             "max_pool2d_grad_relu" = MaxPool2dGradRelu([Id; 3]),
+            "reduce_sum" = ReduceSum([Id; 2]),
             Attr(OpKey),
             Other(OpKey, Vec<Id>),
         }
@@ -89,6 +90,7 @@ const ATTRIBUTED: &[&str] = &[
     "conv2d_bias_act",
     "conv2d_bias_act_max_pool2d",
     "max_pool2d_grad_relu",
+    "reduce_sum",
 ];
 
 /// The named ops without attributes.

@@ -154,6 +154,7 @@ const FUSED: &[&str] = &[
     "conv2d_bias_act_max_pool2d",
     "relu_grad",
     "max_pool2d_grad_relu",
+    "max_pool2d_grad_relu_bias",
     "softmax_cross_entropy_grad",
 ];
 
@@ -239,6 +240,22 @@ pub fn rewrite_with(
         names.entry(class).or_insert_with(|| graph.node(n).name.clone());
         originals.entry(class).or_default().push(n);
     }
+    // A class new to the graph (a fused op with several results) is named after its first
+    // user: `<user>.<op>`.
+    for &class in post_order.iter().rev() {
+        let Some(user) = names.get(&class).cloned() else { continue };
+        for child in choice.nodes[&class].children() {
+            let child = egraph.find(*child);
+            if names.contains_key(&child) {
+                continue;
+            }
+            if let Some((op, _)) =
+                choice.nodes[&child].op(&egraph.analysis.ops, |id| lang::attr_of(&egraph, id))
+            {
+                names.insert(child, format!("{user}.{}", op.name()));
+            }
+        }
+    }
     let mut out = Graph::new();
     let mut built: HashMap<Id, NodeId> = HashMap::new();
     for &class in &post_order {
@@ -293,13 +310,23 @@ fn fused_nodes(
     let mut fused = Vec::new();
     let order = out.topo_order().unwrap_or_default();
     let class_of_new: HashMap<NodeId, Id> = built.iter().map(|(&c, &n)| (n, c)).collect();
+    // The classes of the `part`s reading each packed output.
+    let mut parts: HashMap<NodeId, Vec<Id>> = HashMap::new();
+    for &n in &order {
+        if matches!(out.node(n).op, Op::Part(_)) {
+            parts.entry(out.operands(n)[0]).or_default().push(class_of_new[&n]);
+        }
+    }
     for n in order {
         let node = out.node(n);
         if !FUSED.contains(&node.op.name()) {
             continue;
         }
+        // The original nodes it computes: those of its class, or of its parts' classes.
         let class = class_of_new[&n];
-        let starts = originals.get(&class).cloned().unwrap_or_default();
+        let classes = std::iter::once(class).chain(parts.get(&n).into_iter().flatten().copied());
+        let starts: Vec<NodeId> =
+            classes.flat_map(|c| originals.get(&c).cloned().unwrap_or_default()).collect();
         let mut covers = Vec::new();
         let mut stack = starts.clone();
         while let Some(o) = stack.pop() {
@@ -318,7 +345,7 @@ fn fused_nodes(
         let rules = match (options.explain, starts.first()) {
             (true, Some(&first)) => {
                 let left = egraph.id_to_expr(ids[&first]);
-                let right = expr_of(&egraph, choice, class);
+                let right = expr_of(&egraph, choice, egraph.find(ids[&first]));
                 let mut explanation = egraph.explain_equivalence(&left, &right);
                 let mut names = Vec::new();
                 for term in explanation.make_flat_explanation().iter() {

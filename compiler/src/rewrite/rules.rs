@@ -5,7 +5,10 @@
 //! applier; the rest are plain patterns.
 
 use egg::{rewrite, Applier, ENodeOrVar, Id, PatternAst, RecExpr, Rewrite, Subst, Symbol, Var};
-use kiln_ir::ops::{Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu};
+use kiln_ir::ops::{
+    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, MaxPool2dGradReluBias,
+    Part,
+};
 use kiln_ir::{Op, Shape};
 
 use super::lang::{attr_of, Entry, KilnGraph, Node, ShapeAnalysis};
@@ -13,17 +16,31 @@ use super::lang::{attr_of, Entry, KilnGraph, Node, ShapeAnalysis};
 /// A rule of the rewriter.
 pub type Rule = Rewrite<Node, ShapeAnalysis>;
 
-/// What a [`Build`] applier computes from a match: the right-hand side as a pattern over the
-/// match's variables, or `None` when the rule does not apply to this match.
-type BuildFn = dyn Fn(&mut KilnGraph, &Subst) -> Option<PatternAst<Node>> + Send + Sync;
+/// What a [`Build`] applier computes from a match: the equalities it proves, each a pair of
+/// patterns over the match's variables (`None` on the left: the rule's own left-hand side), or
+/// `None` when the rule does not apply to this match.
+type BuildFn = dyn Fn(&mut KilnGraph, &Subst) -> Option<Vec<Equality>> + Send + Sync;
+
+/// One equality a [`Build`] applier adds: `left` (the matched term when `None`) = `right`.
+type Equality = (Option<PatternAst<Node>>, PatternAst<Node>);
 
 /// An applier that computes its right-hand side per match (to read attributes, shapes and
-/// constants), then adds and unions it like a pattern would, with explanations if enabled.
+/// constants), then adds and unions it like a pattern would, with explanations if enabled. A
+/// fusion with several results proves several equalities at once: each original value equals
+/// its `part` of the fused op's packed output.
 pub struct Build(Box<BuildFn>);
 
 impl Build {
+    /// The matched term equals the pattern `f` returns.
     fn new(
         f: impl Fn(&mut KilnGraph, &Subst) -> Option<PatternAst<Node>> + Send + Sync + 'static,
+    ) -> Build {
+        Build(Box::new(move |eg, s| f(eg, s).map(|rhs| vec![(None, rhs)])))
+    }
+
+    /// The equalities `f` returns.
+    fn many(
+        f: impl Fn(&mut KilnGraph, &Subst) -> Option<Vec<Equality>> + Send + Sync + 'static,
     ) -> Build {
         Build(Box::new(f))
     }
@@ -38,22 +55,27 @@ impl Applier<Node, ShapeAnalysis> for Build {
         searcher_ast: Option<&PatternAst<Node>>,
         rule_name: Symbol,
     ) -> Vec<Id> {
-        let Some(rhs) = (self.0)(egraph, subst) else { return vec![] };
-        if let Some(ast) = searcher_ast {
-            let (id, changed) = egraph.union_instantiations(ast, &rhs, subst, rule_name);
-            if changed {
-                vec![id]
+        let Some(equalities) = (self.0)(egraph, subst) else { return vec![] };
+        let mut changed = Vec::new();
+        for (left, right) in &equalities {
+            let left = left.as_ref().or(searcher_ast);
+            if let (true, Some(left)) = (egraph.are_explanations_enabled(), left) {
+                let (id, union) = egraph.union_instantiations(left, right, subst, rule_name);
+                if union {
+                    changed.push(id);
+                }
             } else {
-                vec![]
-            }
-        } else {
-            let id = egraph.add_instantiation(&rhs, subst);
-            if egraph.union(eclass, id) {
-                vec![eclass]
-            } else {
-                vec![]
+                let target = match left {
+                    Some(left) => egraph.add_instantiation(left, subst),
+                    None => eclass,
+                };
+                let id = egraph.add_instantiation(right, subst);
+                if egraph.union(target, id) {
+                    changed.push(target);
+                }
             }
         }
+        changed
     }
 }
 
@@ -80,6 +102,18 @@ fn rhs(
     }
     use egg::FromOp;
     ast.add(ENodeOrVar::ENode(Node::from_op(name, children).expect("a named variant")));
+    ast
+}
+
+/// A right-hand side `part(fused(operands…))`: one result of a fused op whose output packs
+/// several (both `fused` and `part` are opaque [`Node::Other`] nodes).
+fn packed(egraph: &mut KilnGraph, fused: Op, operands: &[&str], part: Part) -> PatternAst<Node> {
+    let mut ast: PatternAst<Node> = RecExpr::default();
+    let children = operands.iter().map(|v| ast.add(ENodeOrVar::Var(var(v)))).collect();
+    let key = egraph.analysis.ops.intern(Entry { op: fused, leaf: None });
+    let fused = ast.add(ENodeOrVar::ENode(Node::Other(key, children)));
+    let key = egraph.analysis.ops.intern(Entry { op: part.into(), leaf: None });
+    ast.add(ENodeOrVar::ENode(Node::Other(key, vec![fused])));
     ast
 }
 
@@ -245,6 +279,23 @@ pub fn fusion() -> Vec<Rule> {
                     Some(rhs(eg, "max_pool2d_grad_relu", Some(op.into()), &["?a", "?g"]))
                 }
                 _ => None,
+            })
+        }),
+        // The bias gradient of that: summed in the same pass, into one op with a packed output
+        // `[dz…, db…]`; the gradient and the bias gradient each become a `part` of it.
+        rewrite!("pool-grad-relu-bias-grad"; "(reduce_sum ?r (max_pool2d_grad_relu ?p ?a ?g))" => {
+            Build::many(|eg, s| {
+                let (Some(Op::ReduceSum(r)), Some(Op::MaxPool2dGradRelu(p))) = (attr(eg, s, "?r"), attr(eg, s, "?p")) else {
+                    return None;
+                };
+                let dz = shape(eg, s, "?a")?;
+                (r.axes == MaxPool2dGradReluBias::bias_grad(dz.rank()).axes).then_some(())?;
+                let fused = MaxPool2dGradReluBias { size: p.size, stride: p.stride };
+                let part = |offset, shape: &[usize]| Part { offset, shape: shape.to_vec() };
+                let db = packed(eg, fused.clone().into(), &["?a", "?g"], part(dz.numel(), &[dz.dim(-1)]));
+                let dz_part = packed(eg, fused.into(), &["?a", "?g"], part(0, dz.dims()));
+                let unfused: egg::Pattern<Node> = "(max_pool2d_grad_relu ?p ?a ?g)".parse().ok()?;
+                Some(vec![(None, db), (Some(unfused.ast), dz_part)])
             })
         }),
         // The softmax cross-entropy gradient, `(softmax(x) - one_hot(l)) * (w * g)[:, None]`,

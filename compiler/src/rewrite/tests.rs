@@ -252,12 +252,32 @@ fn conv_block_backward() -> Graph {
 }
 
 #[test]
-fn rules_relu_grad_and_pool_grad_relu_grad() {
+fn rules_relu_grad_pool_grad_relu_grad_and_bias_grad() {
     let r = check_same_values(&conv_block_backward());
     let ops = ops_of(&r.graph);
-    assert!(ops.contains(&"max_pool2d_grad_relu"), "{ops:?}");
+    let count = |op| r.report.count(&r.graph, op);
+    // The pool, ReLU and bias gradients: one op, its two results read back as parts.
+    assert_eq!(count("max_pool2d_grad_relu_bias"), 1, "{ops:?}");
+    assert_eq!(count("part"), 2, "{ops:?}");
+    assert_eq!(count("reduce_sum"), 0, "{ops:?}"); // the bias gradient's is fused
     assert!(!ops.contains(&"step") && !ops.contains(&"bias_add"), "{ops:?}");
-    assert_eq!(r.report.count(&r.graph, "conv2d_bias_act"), 1, "{ops:?}");
+    assert!(!ops.contains(&"max_pool2d_grad_relu"), "{ops:?}");
+    assert_eq!(count("conv2d_bias_act"), 1, "{ops:?}");
+    let fused = r.report.fused.iter().find(|f| f.op == "max_pool2d_grad_relu_bias").unwrap();
+    assert_eq!(fused.covers, ["d.b", "d.conv.bias_add", "d.conv.relu", "d.conv.relu.step"]);
+}
+
+#[test]
+fn rule_pool_grad_relu_bias_grad_needs_a_bias_gradient() {
+    // A sum over the channels too is not a bias gradient: the pool+relu gradient stays.
+    let mut g = conv_block_backward();
+    let bias_grad = g.nodes_where(|op| matches!(op, Op::ReduceSum(r) if r.axes == [0, 1, 2]));
+    let dz = g.operands(bias_grad[0])[0];
+    let all = g.add(ReduceSum { axes: vec![0, 1, 2, 3] }, &[dz], "all").unwrap();
+    output(&mut g, all, "all");
+    let r = check_same_values(&g);
+    assert_eq!(r.report.count(&r.graph, "max_pool2d_grad_relu_bias"), 1);
+    assert_eq!(r.report.count(&r.graph, "reduce_sum"), 1, "{:?}", ops_of(&r.graph));
 }
 
 #[test]
@@ -322,7 +342,10 @@ fn keras_cnn_training_step_fuses_every_layer() {
     let count = |op| r.report.count(&r.graph, op);
     assert_eq!(count("conv2d_bias_act"), 3);
     assert_eq!(count("matmul_bias_act"), 2);
-    assert_eq!(count("max_pool2d_grad_relu"), 2);
+    assert_eq!(count("max_pool2d_grad_relu_bias"), 2); // with conv2d_1's and conv2d_2's bias
+    assert_eq!(count("part"), 4);
+    assert_eq!(count("reduce_sum"), 3); // the other bias gradients
+    assert_eq!(count("max_pool2d_grad_relu"), 0);
     assert_eq!(count("relu_grad"), 2); // conv2d_3 (no pool after it) and dense_1
     assert_eq!(count("softmax_cross_entropy_grad"), 1);
     assert_eq!(count("max_pool2d"), 2); // kept: the backward pass reads the activations

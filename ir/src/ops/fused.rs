@@ -7,7 +7,7 @@
 
 use super::{
     expect_arity, BiasAdd, Broadcast, Conv2d, EvalCtx, MatMul, MaxPool2d, MaxPool2dGrad, Mul,
-    OneHot, OpSpec, Padding, Relu, Softmax, Step, Sub,
+    OneHot, OpSpec, Padding, ReduceSum, Relu, Softmax, Step, Sub,
 };
 use crate::shape::Shape;
 use crate::tensor::Tensor;
@@ -182,6 +182,45 @@ impl OpSpec for MaxPool2dGradRelu {
     }
 }
 
+/// `max_pool2d_grad_relu_bias(a, g)`: the backward chain of conv + bias + ReLU + max pool in
+/// one pass: `dz = max_pool2d_grad_relu(a, g)` and the bias gradient `db = reduce_sum(dz)`
+/// over every axis but the channels, packed into one flat output `[dz…, db…]` of
+/// `numel(dz) + C` elements (the graph reads them back with `part`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPool2dGradReluBias {
+    /// Window height and width.
+    pub size: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+}
+
+impl MaxPool2dGradReluBias {
+    /// The unpacked gradient part.
+    pub fn grad(&self) -> MaxPool2dGradRelu {
+        MaxPool2dGradRelu { size: self.size, stride: self.stride }
+    }
+
+    /// The bias-gradient part: a sum over every axis but the last of a rank-`rank` tensor.
+    pub fn bias_grad(rank: usize) -> ReduceSum {
+        ReduceSum { axes: (0..rank.saturating_sub(1)).collect() }
+    }
+}
+
+impl OpSpec for MaxPool2dGradReluBias {
+    fn infer(&self, operands: &[&Shape]) -> Result<Shape, String> {
+        let dz = self.grad().infer(operands)?;
+        Ok(Shape(vec![dz.numel() + dz.dim(-1)]))
+    }
+    fn eval(&self, operands: &[&Tensor], out: &Shape, ctx: &EvalCtx) -> Tensor {
+        let dz = apply(&self.grad(), operands, ctx);
+        let db = apply(&Self::bias_grad(dz.shape.rank()), &[&dz], ctx);
+        let mut data = dz.data;
+        data.extend_from_slice(&db.data);
+        Tensor::new(out.clone(), data)
+    }
+}
+
 /// `softmax_cross_entropy_grad(logits [N, C], labels [N], weights [N], g [])`: the gradient of
 /// `softmax_cross_entropy` with respect to the logits, `(softmax(logits) - one_hot(labels)) *
 /// weights[:, None] * g`, in one pass.
@@ -209,5 +248,24 @@ impl OpSpec for SoftmaxCrossEntropyGrad {
         let broadcast = Broadcast { shape: out.dims().to_vec(), axes: vec![1] };
         let scale = apply(&broadcast, &[&scale], ctx);
         apply(&Mul {}, &[&diff, &scale], ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool2d_grad_relu_bias_packs_the_gradient_then_its_channel_sums() {
+        // One image 2x2, 2 channels, one 2x2 window: the gradient goes to each channel's
+        // (positive) maximum.
+        let a = Tensor::new([1, 2, 2, 2], vec![1.0, -1.0, 3.0, -2.0, 2.0, -3.0, 0.0, -4.0]);
+        let g = Tensor::new([1, 1, 1, 2], vec![0.5, 7.0]);
+        let op = MaxPool2dGradReluBias { size: [2, 2], stride: [2, 2] };
+        let out = op.infer(&[&a.shape, &g.shape]).unwrap();
+        assert_eq!(out, Shape(vec![10]));
+        let y = op.eval(&[&a, &g], &out, &EvalCtx::default());
+        // Channel 1's maximum is -1 (not > 0): no gradient, so its bias gradient is 0 too.
+        assert_eq!(y.data, [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0]);
     }
 }

@@ -28,8 +28,8 @@ pub use elementwise::{
     Add, Div, Elu, Exp, LeakyRelu, Log, Mul, Neg, Relu, Sigmoid, Sqrt, Step, Sub, Tanh,
 };
 pub use fused::{
-    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, ReluGrad,
-    SoftmaxCrossEntropyGrad,
+    Conv2dBiasAct, Conv2dBiasActMaxPool2d, MatMulBiasAct, MaxPool2dGradRelu, MaxPool2dGradReluBias,
+    ReluGrad, SoftmaxCrossEntropyGrad,
 };
 pub use leaf::{Assign, Constant, Init, Input, Output, Parameter, State};
 pub use loss::{
@@ -40,7 +40,7 @@ pub use matmul::{BiasAdd, MatMul, Transpose};
 pub use pool::{AvgPool2d, AvgPool2dGrad, MaxPool2d, MaxPool2dGrad};
 pub use random::{counter_uniform, Dropout, GaussianNoise};
 pub use reduce::{Broadcast, ReduceSum};
-pub use shape_ops::{Concat, Reshape, Slice};
+pub use shape_ops::{Concat, Part, Reshape, Slice};
 
 use crate::graph::{Graph, NodeId};
 use crate::shape::Shape;
@@ -238,6 +238,8 @@ op_table! {
     Concat => "concat",
     /// A contiguous range along one axis.
     Slice => "slice",
+    /// One result of a fused op with several (a view of its packed output).
+    Part => "part",
     /// Softmax along the last axis.
     Softmax => "softmax",
     /// Maximum over groups of `pieces` consecutive channels.
@@ -268,6 +270,8 @@ op_table! {
     ReluGrad => "relu_grad",
     /// Fused: the gradient through a max pool and the ReLU before it.
     MaxPool2dGradRelu => "max_pool2d_grad_relu",
+    /// Fused: `max_pool2d_grad_relu` and the bias gradient of its result, packed.
+    MaxPool2dGradReluBias => "max_pool2d_grad_relu_bias",
     /// Fused: the gradient of softmax cross-entropy with respect to the logits.
     SoftmaxCrossEntropyGrad => "softmax_cross_entropy_grad",
 }

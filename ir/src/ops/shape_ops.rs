@@ -37,6 +37,40 @@ impl OpSpec for Reshape {
     }
 }
 
+/// Elements `[offset, offset + numel(shape))` of its operand's row-major data, as a tensor of
+/// `shape`: one result of a fused op that packs several results into its output, one after
+/// another (e.g. a gradient and its bias gradient). Like `reshape`, an alias of its operand's
+/// storage: no kernel, no copy. It appears only after autodiff, so it has no VJP.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// The first element, in the operand's row-major order.
+    pub offset: usize,
+    /// The shape of the part.
+    pub shape: Vec<usize>,
+}
+
+impl OpSpec for Part {
+    fn infer(&self, operands: &[&Shape]) -> Result<Shape, String> {
+        expect_arity(operands, 1)?;
+        let out = Shape(self.shape.clone());
+        let total = operands[0].numel();
+        if self.offset + out.numel() > total {
+            return Err(format!(
+                "elements {}..{} are outside {} ({total} elements)",
+                self.offset,
+                self.offset + out.numel(),
+                operands[0]
+            ));
+        }
+        Ok(out)
+    }
+    fn eval(&self, operands: &[&Tensor], out: &Shape, _: &EvalCtx) -> Tensor {
+        let data = &operands[0].data[self.offset..self.offset + out.numel()];
+        Tensor::new(out.clone(), data.to_vec())
+    }
+}
+
 /// Concatenates its operands along `axis` (channels: the last axis of NHWC).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,5 +163,21 @@ impl OpSpec for Slice {
             k += 1;
         });
         y
+    }
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::*;
+
+    #[test]
+    fn part_views_a_range_and_rejects_one_outside() {
+        let x = Tensor::new([2, 3], (0..6).map(f64::from).collect());
+        let part = Part { offset: 4, shape: vec![2] };
+        let out = part.infer(&[&x.shape]).unwrap();
+        assert_eq!(out, Shape(vec![2]));
+        assert_eq!(part.eval(&[&x], &out, &EvalCtx::default()).data, [4.0, 5.0]);
+        let err = Part { offset: 5, shape: vec![2] }.infer(&[&x.shape]).unwrap_err();
+        assert!(err.contains("elements 5..7 are outside"), "{err}");
     }
 }

@@ -38,6 +38,9 @@ pub(super) fn scratch_len(graph: &Graph, node: NodeId) -> usize {
         Op::MatMulBiasAct(_) => fused::matmul_scratch(shapes[0], shapes[1]),
         Op::Conv2dBiasAct(op) => fused::conv_scratch(op, shapes[0], shapes[1]),
         Op::Conv2dBiasActMaxPool2d(op) => fused::conv_pool_scratch(op, &shapes),
+        Op::MaxPool2dGradReluBias(op) => {
+            pool::Geo::new(shapes[0], op.size, op.stride).partials_len()
+        }
         _ => 0,
     }
 }
@@ -94,6 +97,11 @@ pub(super) fn lower(
         Op::MaxPool2dGradRelu(op) => {
             let geo = pool::Geo::new(shapes[0], op.size, op.stride);
             geo.max_grad(name, true, &bufs[0], &bufs[1], &out)
+        }
+        Op::MaxPool2dGradReluBias(op) => {
+            let geo = pool::Geo::new(shapes[0], op.size, op.stride);
+            let partials = part("partials", 0, geo.partials_len());
+            geo.max_grad_relu_bias(name, &bufs[0], &bufs[1], &out, &partials)
         }
         Op::MatMulBiasAct(op) => fused::matmul_bias_act(name, op, &shapes, &bufs, &out, part),
         Op::Conv2dBiasAct(op) => fused::conv2d_bias_act(name, op, &shapes, &bufs, &out, part),

@@ -4,11 +4,17 @@
 //! loop over images (the forward ops over output rows instead when there are more of those).
 //! The gradients zero the image's `dx` and then read-modify-write it window by window, serially
 //! within the image, so overlapping windows accumulate.
+//!
+//! `max_pool2d_grad_relu_bias` also sums each image's `dx` over its rows into per-image
+//! channel partials (in scratch) while the image is still in cache, then adds the partials
+//! up over the images in a second, small kernel: the bias gradient without another pass over
+//! `dx`. The order of every sum depends only on the shapes, never on the thread count.
 
 use kiln_ir::Shape;
 
 use super::{affine, looped, parallel_kernel, splat_if, vectorised, zero};
 use crate::kernel::{Binary, BufId, Buffer, Cmp, Expr, Index, Kernel, LoopKind, Reg, Stmt};
+use crate::lower::pointwise::column_sums;
 
 /// The sizes of one pooling.
 #[derive(Clone, Debug)]
@@ -125,15 +131,18 @@ impl Geo {
     }
 
     /// A gradient kernel: parallel over images; zeroes the image's `dx`, then runs
-    /// `window(k, n, oi, oj, c, lanes)` for every output element (f32x4 over channels).
+    /// `window(k, n, oi, oj, c, lanes)` for every output element (f32x4 over channels). `dx`
+    /// is the last buffer, or with `partials` the one before it: then the image's `dx` is
+    /// summed over its rows into `partials[n, :]` at the end.
     fn grad_kernel(
         &self,
         name: &str,
         bufs: &[&Buffer],
+        partials: bool,
         per_output: impl Fn(&mut Kernel, &[BufId], [&Index; 4], u8) -> Vec<Stmt>,
     ) -> Kernel {
         parallel_kernel(name.to_string(), bufs, self.n, 1, |k, ids, n| {
-            let dx = *ids.last().expect("dx");
+            let dx = ids[ids.len() - 1 - usize::from(partials)];
             let image = self.h * self.w * self.c;
             let base = affine(&[(&n, image)], 0);
             let mut out = vectorised(k, image, |_, e, lanes| {
@@ -150,8 +159,43 @@ impl Geo {
                     })
                 })
             }));
+            if partials {
+                let sums = (ids[ids.len() - 1], affine(&[(&n, self.c)], 0));
+                out.extend(column_sums(k, (dx, base), sums, self.h * self.w, self.c));
+            }
             out
         })
+    }
+
+    /// Scratch of `max_pool2d_grad_relu_bias`: one row of channel partials per image.
+    pub fn partials_len(&self) -> usize {
+        self.n * self.c
+    }
+
+    /// `max_pool2d_grad_relu_bias(x, g) -> [dx…, db…]`: the `max_pool2d_grad_relu` kernel,
+    /// which also sums each image's `dx` into `partials[n, :]`, then `db = Σ_n partials[n, :]`
+    /// (`.bias`). `out` holds `dx` then `db`.
+    pub fn max_grad_relu_bias(
+        &self,
+        name: &str,
+        x: &Buffer,
+        g: &Buffer,
+        out: &Buffer,
+        partials: &Buffer,
+    ) -> Vec<Kernel> {
+        let numel = self.n * self.h * self.w * self.c;
+        let dx = Buffer { name: out.name.clone(), offset: out.offset, len: numel };
+        let db =
+            Buffer { name: format!("{}.db", out.name), offset: out.offset + numel, len: self.c };
+        let grad = self.max_grad_kernel(name, true, &[x, g, &dx, partials]);
+        let mut sum = Kernel::new(format!("{name}.bias"));
+        let (p, d) = (
+            sum.buf(partials.name.clone(), partials.offset, partials.len),
+            sum.buf(db.name.clone(), db.offset, db.len),
+        );
+        let zero_i = Index::constant(0);
+        sum.body = column_sums(&mut sum, (p, zero_i.clone()), (d, zero_i), self.n, self.c);
+        vec![grad, sum]
     }
 
     /// `max_pool2d_grad(x, g) -> dx`: per window, the maximum `m` again, then in row-major
@@ -169,7 +213,14 @@ impl Geo {
         g: &Buffer,
         dx: &Buffer,
     ) -> Vec<Kernel> {
-        vec![self.grad_kernel(name, &[x, g, dx], |k, ids, [n, oi, oj, c], lanes| {
+        vec![self.max_grad_kernel(name, relu, &[x, g, dx])]
+    }
+
+    /// The kernel of [`Geo::max_grad`] over `bufs` = `[x, g, dx]`, or `[x, g, dx, partials]`
+    /// to also sum each image's `dx` into its channel partials.
+    fn max_grad_kernel(&self, name: &str, relu: bool, bufs: &[&Buffer]) -> Kernel {
+        let partials = bufs.len() == 4;
+        self.grad_kernel(name, bufs, partials, |k, ids, [n, oi, oj, c], lanes| {
             let (xb, gb, db) = (ids[0], ids[1], ids[2]);
             let z = Index::constant(0);
             let at = |di: &Index, dj: &Index| self.x_at(n, oi, oj, di, dj, c);
@@ -217,13 +268,13 @@ impl Geo {
                 ]
             }));
             out
-        })]
+        })
     }
 
     /// `avg_pool2d_grad(g) -> dx`: `dx[p] += g / (size_h * size_w)` over each window.
     pub fn avg_grad(&self, name: &str, g: &Buffer, dx: &Buffer) -> Vec<Kernel> {
         let area = (self.size[0] * self.size[1]) as f32;
-        vec![self.grad_kernel(name, &[g, dx], |k, ids, [n, oi, oj, c], lanes| {
+        vec![self.grad_kernel(name, &[g, dx], false, |k, ids, [n, oi, oj, c], lanes| {
             let (gb, db) = (ids[0], ids[1]);
             let z = Index::constant(0);
             let share = reg(k, &named("share", lanes), lanes);

@@ -20,6 +20,7 @@ mod loss;
 mod movement;
 mod nest;
 mod reduce;
+pub(super) use reduce::column_sums;
 mod softmax;
 #[cfg(test)]
 mod tests;

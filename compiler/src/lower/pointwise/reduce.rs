@@ -120,6 +120,34 @@ fn columns(cx: &Cx<'_>, outer: usize, rows: usize, c: usize) -> Vec<Kernel> {
     kernels
 }
 
+/// Statements storing at `y_base` the column sums of `rows` rows of `c` elements of `x` (from
+/// `x_base`): tiles of [`TILE`] columns in a loop, then the rest, each column summed in
+/// [`column_block`]'s fixed order. For kernels that sum what they just wrote (a fused bias
+/// gradient).
+pub(in crate::lower) fn column_sums(
+    k: &mut Kernel,
+    (x, x_base): (BufId, Index),
+    (y, y_base): (BufId, Index),
+    rows: usize,
+    c: usize,
+) -> Vec<Stmt> {
+    let c4 = c / 4 * 4;
+    let tiles = c4 / TILE;
+    let mut s = Vec::new();
+    if tiles > 0 {
+        let t = k.var();
+        let (xt, yt) = (x_base.clone().plus_var(t, 1), y_base.clone().plus_var(t, 1));
+        let body = column_block(k, (x, xt), (y, yt), TILE / 4, 0, rows, c);
+        s.push(for_loop(t, tiles * TILE, TILE, LoopKind::Serial, body));
+    }
+    let done = tiles * TILE;
+    if done < c {
+        let (xr, yr) = (x_base.plus(done as i64), y_base.plus(done as i64));
+        s.extend(column_block(k, (x, xr), (y, yr), (c4 - done) / 4, c - c4, rows, c));
+    }
+    s
+}
+
 /// Sums over `rows` rows (of `c` elements, from `x_base`) of the `4 * vectors + scalars`
 /// columns, stored from `y_base`. In registers, in blocks of [`ROW_BLOCK`] rows: each block
 /// is summed from zero, then added to the total (a fixed order, more accurate than one long
