@@ -1,8 +1,10 @@
-//! Snapshots of the text IR of every example model: the forward graph (with its loss) and the
-//! whole training step. A diff here is a change in what the compiler produces; review it.
+//! Snapshots of the text IR of every example model: the forward graph (with its loss), the
+//! whole training step, and the training step after the rewrite pass (what each fused node
+//! covers, then the graph). A diff here is a change in what the compiler produces; review it.
 
 mod common;
 
+use kiln_compiler::rewrite::{rewrite, RewriteOptions};
 use kiln_compiler::step::training_step;
 use kiln_ir::model::Mode;
 use kiln_ir::text;
@@ -20,5 +22,25 @@ fn forward_and_training_graphs_of_every_example_model() {
         let reparsed = text::parse(&printed).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(text::print(&reparsed).unwrap(), printed, "{name}: round trip");
         insta::assert_snapshot!(format!("{name}_train"), printed);
+    }
+}
+
+#[test]
+fn fused_training_graphs_of_every_example_model() {
+    for (name, model) in common::example_models() {
+        let step = training_step(&model, 2).unwrap().graph;
+        let r = rewrite(&step, &RewriteOptions::default()).unwrap();
+        // The report's lines without the timing and e-graph sizes (those vary with the budget).
+        let covers: String = r
+            .report
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("# %"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let printed = text::print(&r.graph).unwrap();
+        let reparsed = text::parse(&printed).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(text::print(&reparsed).unwrap(), printed, "{name}: round trip");
+        insta::assert_snapshot!(format!("{name}_fused"), format!("{covers}{printed}"));
     }
 }
