@@ -4,29 +4,21 @@
 //!
 //! `cargo bench -p kiln-compiler --bench rewrite [filter]` (a substring of the model name).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use kiln_compiler::rewrite::{rewrite, RewriteOptions};
 use kiln_compiler::step::training_step;
-use kiln_ir::model::Model;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models"));
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("examples/models")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
     println!("{:<24} {:>9} {:>12}  stages", "model (batch 64)", "median ms", "nodes");
-    for path in paths {
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+    for (name, model) in common::example_models() {
         if !name.contains(&filter) {
             continue;
         }
-        let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let step = training_step(&model, 64).unwrap_or_else(|e| panic!("{name}: {e}"));
         let options = RewriteOptions::default();
         let mut times = Vec::new();
