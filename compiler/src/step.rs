@@ -81,18 +81,15 @@ pub fn compiled_training_step(
     }
     let Rewritten { graph, renamed, report } = rewrite(&step.graph, &options.rewrite)?;
     let at = |n: NodeId| renamed.get(&n).copied();
-    let missing = |what: &str| IrError::Invalid {
-        node: what.into(),
-        message: "the rewrite pass dropped a node the step needs".into(),
-    };
+    let need = |n: NodeId| required(&renamed, &step.graph, n);
     let (params, grads): (Vec<NodeId>, Vec<NodeId>) =
         step.params.iter().zip(&step.grads).filter_map(|(&p, &g)| Some((at(p)?, at(g)?))).unzip();
     let fused = TrainGraph {
-        input: at(step.input).ok_or_else(|| missing("input"))?,
+        input: need(step.input)?,
         labels: step.labels.and_then(at),
-        weights: at(step.weights).ok_or_else(|| missing("weights"))?,
-        loss: at(step.loss).ok_or_else(|| missing("loss"))?,
-        prediction: at(step.prediction).ok_or_else(|| missing("prediction"))?,
+        weights: need(step.weights)?,
+        loss: need(step.loss)?,
+        prediction: need(step.prediction)?,
         params,
         grads,
         updates: step.updates.iter().filter_map(|&u| at(u)).collect(),
@@ -114,12 +111,7 @@ pub fn compiled_evaluation(
         return Ok((lg, None));
     }
     let Rewritten { graph, renamed, report } = rewrite(&lg.graph, &options.rewrite)?;
-    let at = |n: NodeId| {
-        renamed.get(&n).copied().ok_or_else(|| IrError::Invalid {
-            node: lg.graph.node(n).name.clone(),
-            message: "the rewrite pass dropped a node evaluation needs".into(),
-        })
-    };
+    let at = |n: NodeId| required(&renamed, &lg.graph, n);
     let fused = LossGraph {
         input: at(lg.input)?,
         labels: lg.labels.map(at).transpose()?,
@@ -131,4 +123,16 @@ pub fn compiled_evaluation(
     };
     fused.graph.validate()?;
     Ok((fused, Some(report)))
+}
+
+/// The id after the rewrite pass of `node` (of `original`), which the compiled graph needs.
+fn required(
+    renamed: &std::collections::HashMap<NodeId, NodeId>,
+    original: &Graph,
+    node: NodeId,
+) -> Result<NodeId, IrError> {
+    renamed.get(&node).copied().ok_or_else(|| IrError::Invalid {
+        node: original.node(node).name.clone(),
+        message: "the rewrite pass dropped a node the compiled graph needs".into(),
+    })
 }

@@ -33,6 +33,16 @@ fn infer_chain(
     Ok(shape)
 }
 
+/// `bias_add(y, bias)`, then `relu` when `relu`: the tail of the fused products.
+fn bias_act(y: &Tensor, bias: &Tensor, relu: bool, ctx: &EvalCtx) -> Tensor {
+    let y = apply(&BiasAdd {}, &[y, bias], ctx);
+    if relu {
+        apply(&Relu {}, &[&y], ctx)
+    } else {
+        y
+    }
+}
+
 /// `matmul_bias_act(x [N, K], w [K, M], b [M])`: `x·w + b`, then ReLU when `relu` (a dense
 /// layer with its bias and activation in the GEMM's epilogue).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -50,12 +60,7 @@ impl OpSpec for MatMulBiasAct {
     }
     fn eval(&self, operands: &[&Tensor], _: &Shape, ctx: &EvalCtx) -> Tensor {
         let y = apply(&MatMul::default(), &operands[..2], ctx);
-        let y = apply(&BiasAdd {}, &[&y, operands[2]], ctx);
-        if self.relu {
-            apply(&Relu {}, &[&y], ctx)
-        } else {
-            y
-        }
+        bias_act(&y, operands[2], self.relu, ctx)
     }
 }
 
@@ -86,12 +91,7 @@ impl OpSpec for Conv2dBiasAct {
     }
     fn eval(&self, operands: &[&Tensor], _: &Shape, ctx: &EvalCtx) -> Tensor {
         let y = apply(&self.conv(), &operands[..2], ctx);
-        let y = apply(&BiasAdd {}, &[&y, operands[2]], ctx);
-        if self.relu {
-            apply(&Relu {}, &[&y], ctx)
-        } else {
-            y
-        }
+        bias_act(&y, operands[2], self.relu, ctx)
     }
 }
 
